@@ -1,0 +1,104 @@
+"""The run config: one YAML file validated by pydantic, every field with a working default."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from revela.configbase import StrictModel
+from revela.data.config import DataConfig
+
+Finetune = Literal["lora", "full", "frozen"]
+
+
+class LoraSettings(StrictModel):
+    r: int = Field(256, ge=1)
+    alpha: int = Field(64, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class RetrieverConfig(StrictModel):
+    name: str = "all-minilm-l6-v2"
+    """Offline asset alias, local path or hub id (hub ids need a network)."""
+    pooling: Literal["auto", "eos", "cls", "mean"] = "auto"
+    """auto: eos for decoders; for encoders the backbone's sentence-transformers pooling config, else mean."""
+    query_prefix: str = "query: "
+    passage_prefix: str = "passage: "
+    max_length: int = Field(160, ge=8)
+    finetune: Finetune = "full"
+    lora: LoraSettings = LoraSettings()
+
+
+class LMConfig(StrictModel):
+    name: str = "smollm2-135m"
+    finetune: Finetune = "lora"
+    lora: LoraSettings = LoraSettings()
+    max_length: int = Field(160, ge=8)
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    """Kernel for each chunk's own causal attention; the in-batch part is added on top of it."""
+    gradient_checkpointing: bool = False
+
+
+class ObjectiveConfig(StrictModel):
+    temperature: float = Field(1e-4, gt=0)
+    """tau of Sim = softmax(cos / tau) over j != i (method §1.2)."""
+    v_norm: bool | None = None
+    """None: on for prose, off for code (method §1.3)."""
+    first_half: bool | None = None
+    """None: on for prose, off for code (method §1.2)."""
+    first_half_ratio: float = Field(0.5, gt=0, le=1)
+    inbatch_chunk: int = Field(8, ge=1)
+    """Chunks j processed at once inside in-batch attention (memory/speed trade-off)."""
+
+
+class ModelConfig(StrictModel):
+    retriever: RetrieverConfig = RetrieverConfig()
+    lm: LMConfig = LMConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+
+
+class TrainConfig(StrictModel):
+    seed: int = 42
+    max_steps: int = Field(30, ge=1)
+    """Optimizer steps."""
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = 1.0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 autocast on CUDA, fp32 on CPU."""
+    log_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(0, ge=0)
+    """0: only at the end."""
+    keep_checkpoints: int = Field(2, ge=1)
+    heldout_groups: int = Field(0, ge=0)
+    """Groups kept out of training to measure pass-2/pass-3 loss and neighbour hit-rate before and after."""
+
+
+class RayConfig(StrictModel):
+    address: str | None = None
+    """None: an embedded local Ray."""
+    num_workers: int = Field(1, ge=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    max_failures: int = Field(2, ge=0)
+    storage_path: str = "runs"
+
+
+class RunConfig(StrictModel):
+    name: str = "revela-smoke"
+    output_dir: str = "runs"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _lengths_fit(self) -> "RunConfig":
+        if self.data.group_size < 2:
+            raise ValueError("data.group_size must be >= 2: in-batch attention needs other chunks to attend to")
+        return self

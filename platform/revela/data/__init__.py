@@ -1,0 +1,1 @@
+"""Corpus -> chunks -> groups -> Parquet shards -> Ray Data stream of training tensors."""
