@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from revela.configbase import StrictModel
+
+Grouping = Literal["adjacent", "bm25", "random"]
+KindChoice = Literal["prose", "code", "auto"]
 
 
 class DataConfig(StrictModel):
@@ -13,8 +18,25 @@ class DataConfig(StrictModel):
     sources: list[str] = []
     """Corpus paths prepared on the fly when `shards` is not given (JSONL, Parquet, text/code trees, HF dataset)."""
     group_size: int = 16
-    grouping: Literal["adjacent", "bm25", "random"] = "adjacent"
-    kind: Literal["prose", "code", "auto"] = "auto"
-    max_words: int = 120
-    max_tokens: int = 160
+    grouping: Grouping = "adjacent"
+    kind: KindChoice = "auto"
+    """auto: by file extension (code extensions -> code, everything else prose); records (JSONL/Parquet/HF) -> prose."""
+    max_words: int = Field(120, ge=1)
+    """Prose chunks hold complete sentences and at most this many words (the paper's rule)."""
+    max_tokens: int = Field(160, ge=8)
+    """Cap on a chunk's own token count (no prefix, no special tokens); see revela.data.chunking."""
     seed: int = 42
+    min_words: int = Field(4, ge=1)
+    """Chunks with fewer words are dropped (counted as short_chunk); a document with no chunk left is too_short."""
+    tokenizer: str | None = None
+    """Tokenizer (name or path) whose counts enforce max_tokens; None: a conservative words-based estimate."""
+    short_group: Literal["drop", "pad"] = "drop"
+    """The leftover (< group_size) chunks of each source/kind partition: dropped, or padded with other
+    chunks of the same partition (those are then reused and reported as padded_chunks)."""
+    docs_per_window: int = Field(4, ge=1)
+    """adjacent: how many consecutive documents are interleaved before cutting groups."""
+    bm25_reuse: bool = False
+    """bm25: allow a chunk to appear in several groups of one epoch (each chunk still seeds at most once)."""
+    on_bad_record: Literal["error", "skip"] = "error"
+    """Malformed JSONL, missing text, non-UTF-8 records: stop with file:line, or skip and count."""
+    rows_per_shard: int = Field(1024, ge=1)

@@ -1,0 +1,17 @@
+import os
+import sys
+from pathlib import Path
+
+# Loopback-only Ray, no usage stats, explicit auth, no hub: set before anything imports ray or transformers.
+os.environ.update(
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+    RAY_USAGE_STATS_ENABLED="0",
+    RAY_AUTH_MODE="disabled",
+    RAY_DATA_DISABLE_PROGRESS_BARS="1",
+    HF_HUB_OFFLINE="1",
+    TRANSFORMERS_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    TOKENIZERS_PARALLELISM="false",
+)
+os.environ.setdefault("REVELA_CACHE", str(Path(__file__).resolve().parents[1] / ".cache"))
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers (oracle, tiny models) import as top-level modules

