@@ -41,11 +41,11 @@ def tiny_revela(family="llama", v_norm=True, overrides=None, seed=0):
         "retriever": {"finetune": "full", "pooling": "mean", "max_length": 32},
         "lm": {"finetune": "full", "max_length": 32},
         # tau=1e-4 saturates the softmax for random tiny encoders (cosines differ by ~0.1); gradients flow at 0.05
-        "objective": {"temperature": 0.05},
+        "objective": {"temperature": 0.05, "v_norm": v_norm},
         **(overrides or {}),
     })
     tok = tokenizer()
-    return RevelaModel.from_config(cfg, v_norm=v_norm, lm_model=tiny_lm(family, seed=seed),
+    return RevelaModel.from_config(cfg, lm_model=tiny_lm(family, seed=seed),
                                    retriever_backbone=tiny_encoder(seed=seed), tokenizers=(tok, tok))
 
 

@@ -89,12 +89,18 @@ class RayConfig(StrictModel):
     storage_path: str = "runs"
 
 
+# Embedded defaults are a CPU-sized run (minutes on 2 cores); jobs/configs/paper.yaml is the paper's recipe.
+CPU_MODEL = ModelConfig(retriever=RetrieverConfig(max_length=64),
+                        lm=LMConfig(max_length=64, lora=LoraSettings(r=16, alpha=32, dropout=0.05)))
+CPU_DATA = DataConfig(group_size=8, max_words=48, max_tokens=64)
+CPU_TRAIN = TrainConfig(max_steps=20, warmup_steps=4, checkpoint_every=10, heldout_groups=4)
+
+
 class RunConfig(StrictModel):
-    name: str = "revela-smoke"
-    output_dir: str = "runs"
-    model: ModelConfig = ModelConfig()
-    data: DataConfig = DataConfig()
-    train: TrainConfig = TrainConfig()
+    name: str = "revela-default"
+    model: ModelConfig = CPU_MODEL
+    data: DataConfig = CPU_DATA
+    train: TrainConfig = CPU_TRAIN
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")

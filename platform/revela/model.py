@@ -59,8 +59,8 @@ def apply_finetune(module: nn.Module, mode: str, lora: LoraSettings, task_type: 
 
 
 class RevelaModel(nn.Module):
-    def __init__(self, retriever: Retriever, lm: nn.Module, lm_tokenizer, temperature: float, v_norm: bool,
-                 inbatch_chunk: int | None = None):
+    def __init__(self, retriever: Retriever, lm: nn.Module, lm_tokenizer, temperature: float,
+                 v_norm: bool | None = None, inbatch_chunk: int | None = None):
         super().__init__()
         self.retriever = retriever
         self.lm = lm
@@ -70,7 +70,7 @@ class RevelaModel(nn.Module):
         self.inbatch_chunk = inbatch_chunk
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, v_norm: bool, lm_model: nn.Module | None = None,
+    def from_config(cls, cfg: ModelConfig, lm_model: nn.Module | None = None,
                     retriever_backbone: nn.Module | None = None, tokenizers: tuple | None = None) -> "RevelaModel":
         """Build from names (offline assets, paths or hub ids); tests may pass ready modules/tokenizers instead."""
         from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -91,8 +91,8 @@ class RevelaModel(nn.Module):
         lm_model.config.use_cache = False
         backbone = apply_finetune(retriever_backbone, rc.finetune, rc.lora, "FEATURE_EXTRACTION")
         lm_model = apply_finetune(lm_model, lc.finetune, lc.lora, "CAUSAL_LM")
-        return cls(Retriever(backbone, r_tok, protocol), lm_model, l_tok, cfg.objective.temperature, v_norm,
-                   cfg.objective.inbatch_chunk)
+        return cls(Retriever(backbone, r_tok, protocol), lm_model, l_tok, cfg.objective.temperature,
+                   cfg.objective.v_norm, cfg.objective.inbatch_chunk)
 
     def similarity(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         q = self.retriever.embed(batch["query_input_ids"], batch["query_attention_mask"])
@@ -101,7 +101,11 @@ class RevelaModel(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], doc_weights: torch.Tensor | None = None,
                 measure_pass2: bool = True) -> RevelaOutput:
-        """One group. Tensors are [B, L] (a leading streamed dim of 1 is squeezed). `doc_weights` overrides Sim."""
+        """One group. Tensors are [B, L] (a leading streamed dim of 1 is squeezed). `doc_weights` overrides Sim.
+
+        V-norm: as configured, or (v_norm=None) on for prose and off for code groups (`is_code` in the batch).
+        """
+        v_norm = self.v_norm if self.v_norm is not None else not bool(batch.get("is_code", 0))
         batch = {k: (v[0] if v.dim() == 3 else v) for k, v in batch.items() if k in BATCH_KEYS}
         if batch["lm_input_ids"].shape[0] < 2:
             raise ValueError("a group needs at least 2 chunks: in-batch attention has nothing to attend to")
@@ -112,7 +116,7 @@ class RevelaModel(nn.Module):
                         logits_to_keep=0 if measure_pass2 else 1)
         pass2_loss = lm_loss(pass2.logits.detach(), ids, mask) if measure_pass2 else None
         del pass2
-        state = captured.attend(weights, mask.bool(), self.v_norm, self.inbatch_chunk)
+        state = captured.attend(weights, mask.bool(), v_norm, self.inbatch_chunk)
         pass3 = self.lm(input_ids=ids, attention_mask=mask, revela_inbatch=state)
         return RevelaOutput(lm_loss(pass3.logits, ids, mask), weights, pass2_loss)
 
@@ -125,3 +129,13 @@ def retriever_protocol(cfg: ModelConfig, backbone_config, path: str) -> Encoding
         pooling = "eos" if is_decoder(backbone_config) else native_protocol(path, backbone_config).pooling
     return EncodingProtocol(pooling=pooling, query_prefix=rc.query_prefix, passage_prefix=rc.passage_prefix,
                             max_length=rc.max_length)
+
+
+def retriever_protocol_for(cfg: ModelConfig) -> EncodingProtocol:
+    """The training protocol, without loading weights (for tokenizing in data workers)."""
+    from transformers import AutoConfig
+
+    from revela.assets import resolve_model
+
+    path = resolve_model(cfg.retriever.name)
+    return retriever_protocol(cfg, AutoConfig.from_pretrained(path), path)

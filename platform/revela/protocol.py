@@ -55,6 +55,12 @@ def pad_token_id(tokenizer, pooling: str) -> int:
     raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has neither a pad nor an EOS token to pad with")
 
 
+def appends_eos(tokenizer) -> bool:
+    """Whether the tokenizer adds EOS by itself (exported decoder retrievers do)."""
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return tokenizer.eos_token_id is not None and bool(ids) and ids[-1] == tokenizer.eos_token_id
+
+
 def tokenize(
     tokenizer,
     texts: list[str],
@@ -70,7 +76,7 @@ def tokenize(
     pad_to pads to a fixed length (static shapes for streaming); otherwise to the longest text.
     """
     pad_id = pad_token_id(tokenizer, protocol.pooling)
-    eos = [tokenizer.eos_token_id] if protocol.append_eos else []
+    eos = [tokenizer.eos_token_id] if protocol.append_eos and not appends_eos(tokenizer) else []
     enc = tokenizer(
         [protocol.prefix(kind) + t for t in texts],
         add_special_tokens=True,

@@ -33,7 +33,7 @@ class DataConfig(StrictModel):
     short_group: Literal["drop", "pad"] = "drop"
     """The leftover (< group_size) chunks of each source/kind partition: dropped, or padded with other
     chunks of the same partition (those are then reused and reported as padded_chunks)."""
-    docs_per_window: int = Field(4, ge=1)
+    docs_per_window: int = Field(2, ge=1)
     """adjacent: how many consecutive documents are interleaved before cutting groups."""
     bm25_reuse: bool = False
     """bm25: allow a chunk to appear in several groups of one epoch (each chunk still seeds at most once)."""

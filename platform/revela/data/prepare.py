@@ -1,0 +1,237 @@
+"""`revela prepare`: corpora -> chunks -> groups -> Parquet shards + manifest, with a progress bar and summary.
+
+Re-running with the same sources (same content) and settings is a no-op: the manifest's input hash is
+compared first, before anything is read or chunked.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+from revela.data.chunking import Chunker, ChunkRules, TokenCounter
+from revela.data.config import DataConfig, Grouping, KindChoice
+from revela.data.grouping import make_groups
+from revela.data.ingest import SkipCounter, fingerprint_source, iter_documents, resolve_sources
+from revela.data.shards import input_hash, is_up_to_date, read_manifest, write_shards
+
+# Settings that change the output; they (with the source hashes) make up the manifest's input hash.
+_OUTPUT_SETTINGS = ("group_size", "grouping", "seed", "kind", "max_words", "max_tokens", "min_words",
+                    "short_group", "docs_per_window", "bm25_reuse", "on_bad_record", "rows_per_shard")
+
+
+def load_tokenizer(name_or_path: str):
+    """A HF tokenizer from a local path, an offline asset name (revela.assets) or a hub id."""
+    from transformers import AutoTokenizer
+
+    from revela.assets import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model(name_or_path))
+
+
+def prepare(
+    sources: list[str | Path],
+    out: str | Path,
+    group_size: int = 16,
+    grouping: Grouping = "adjacent",
+    *,
+    seed: int = 42,
+    kind: KindChoice = "auto",
+    max_words: int = 120,
+    max_tokens: int = 160,
+    min_words: int = 4,
+    tokenizer: str | Any | None = None,
+    short_group: Literal["drop", "pad"] = "drop",
+    docs_per_window: int = 2,
+    bm25_reuse: bool = False,
+    on_bad_record: Literal["error", "skip"] = "error",
+    rows_per_shard: int = 1024,
+    force: bool = False,
+    progress: bool = True,
+    quiet: bool = False,
+) -> dict:
+    """Prepare `sources` into shards under `out`; returns the summary (also printed unless `quiet`).
+
+    `tokenizer`: a name/path (loaded with `load_tokenizer`) or a tokenizer object; it makes the
+    `max_tokens` cap exact (else a words-based estimate, see revela.data.chunking). Raises IngestError,
+    GroupingError or ShardError with a message naming the file (and line) at fault.
+    """
+    cfg = DataConfig(sources=[str(s) for s in sources], group_size=group_size, grouping=grouping, seed=seed,
+                     kind=kind, max_words=max_words, max_tokens=max_tokens, min_words=min_words,
+                     tokenizer=tokenizer if isinstance(tokenizer, str) else None, short_group=short_group,
+                     docs_per_window=docs_per_window, bm25_reuse=bm25_reuse, on_bad_record=on_bad_record,
+                     rows_per_shard=rows_per_shard)
+    return prepare_config(cfg, out, tokenizer=tokenizer, force=force, progress=progress, quiet=quiet)
+
+
+def prepare_config(cfg: DataConfig, out: str | Path, *, tokenizer: str | Any | None = None, force: bool = False,
+                   progress: bool = True, quiet: bool = False) -> dict:
+    """`prepare` driven by a `DataConfig` (its `sources`, grouping and chunking settings)."""
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    if cfg.group_size < 2:
+        raise ValueError(f"group_size must be >= 2 (in-batch attention needs other chunks), got {cfg.group_size}")
+    out = Path(out)
+    srcs = resolve_sources(cfg.sources)
+    tokenizer = tokenizer if tokenizer is not None else cfg.tokenizer
+    tok_obj = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+    counter = TokenCounter(tok_obj, name=tokenizer if isinstance(tokenizer, str) else None)
+
+    fingerprints = [fingerprint_source(s) for s in srcs]
+    settings = {k: getattr(cfg, k) for k in _OUTPUT_SETTINGS} | {"tokenizer": counter.name}
+    digest = input_hash(settings, fingerprints)
+    if not force and is_up_to_date(out, digest):
+        summary = summary_from_manifest(read_manifest(out), out, up_to_date=True)
+        summary["elapsed_s"] = round(time.perf_counter() - started, 3)
+        if not quiet:
+            print_summary(summary)
+        return summary
+
+    skips = SkipCounter()
+    chunker = Chunker(ChunkRules(cfg.max_words, cfg.max_tokens, cfg.min_words), counter, skips)
+    chunks = []
+    documents = 0
+    bar = tqdm(desc="read+chunk", unit="doc", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    with bar:
+        for src in srcs:
+            for doc in iter_documents(src, skips, cfg.kind, cfg.on_bad_record):
+                documents += 1
+                chunks.extend(chunker.split(doc))
+                bar.update(1)
+                if documents % 200 == 0:
+                    bar.set_postfix(chunks=len(chunks), skipped=skips.total(), refresh=False)
+    groups, report = make_groups(chunks, cfg.group_size, cfg.grouping, cfg.seed, short_group=cfg.short_group,
+                                 docs_per_window=cfg.docs_per_window, bm25_reuse=cfg.bm25_reuse)
+    lengths = counter.count_many([c.text for c in chunks]) if chunks else [0]
+    manifest = {
+        "input_hash": digest,
+        "settings": settings,
+        "tokenizer": counter.name,
+        "sources": fingerprints,
+        "counts": {
+            "documents": documents,
+            "chunks": len(chunks),
+            "chunks_by_kind": _count(c.kind for c in chunks),
+            "groups": len(groups),
+            "groups_by_kind": _count(g.kind for g in groups),
+            "groups_by_source": _count(g.source for g in groups),
+            "dropped_chunks": report.dropped_chunks,
+            "padded_chunks": report.padded_chunks,
+            "reused_chunks": report.reused_chunks,
+            "chunk_tokens_max": max(lengths),
+            "chunk_tokens_mean": round(sum(lengths) / len(lengths), 2),
+        },
+        "skips": skips.as_dict(),
+        "chunking_notes": dict(sorted(chunker.notes.items())),
+        "grouping": report.as_dict(),
+        "revela_version": _version(),
+    }
+    with tqdm(total=1, desc="write shards", disable=not progress, file=sys.stderr) as wbar:
+        manifest = write_shards(groups, out, manifest, rows_per_shard=cfg.rows_per_shard)
+        wbar.update(1)
+    summary = summary_from_manifest(manifest, out, up_to_date=False)
+    summary["elapsed_s"] = round(time.perf_counter() - started, 3)
+    if not quiet:
+        print_summary(summary)
+    return summary
+
+
+def _count(items) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for x in items:
+        out[x] = out.get(x, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _version() -> str:
+    from revela import __version__
+
+    return __version__
+
+
+def summary_from_manifest(manifest: dict, out: Path, up_to_date: bool) -> dict:
+    counts = manifest["counts"]
+    return {
+        "out": str(out),
+        "up_to_date": up_to_date,
+        "input_hash": manifest["input_hash"],
+        "documents": counts["documents"],
+        "chunks": counts["chunks"],
+        "groups": counts["groups"],
+        "group_size": manifest["settings"]["group_size"],
+        "grouping": manifest["settings"]["grouping"],
+        "seed": manifest["settings"]["seed"],
+        "tokenizer": manifest["tokenizer"],
+        "groups_by_kind": counts["groups_by_kind"],
+        "dropped_chunks": counts["dropped_chunks"],
+        "padded_chunks": counts["padded_chunks"],
+        "skipped": manifest["skips"]["counts"],
+        "shards": len(manifest["shards"]),
+    }
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    title = "prepare: up to date, nothing to do" if summary["up_to_date"] else "prepare: done"
+    table = Table(title=f"{title} ({summary['out']})", show_header=False)
+    rows = [
+        ("documents read", summary["documents"]),
+        ("chunks", summary["chunks"]),
+        (f"groups (B={summary['group_size']}, {summary['grouping']}, seed {summary['seed']})", summary["groups"]),
+        ("groups by kind", ", ".join(f"{k}={v}" for k, v in summary["groups_by_kind"].items()) or "-"),
+        ("chunks dropped (short final group)", summary["dropped_chunks"]),
+        ("chunks padded (reused to fill a group)", summary["padded_chunks"]),
+        ("token counts", summary["tokenizer"]),
+        ("shards", summary["shards"]),
+    ]
+    rows += [(f"skipped: {reason}", n) for reason, n in summary["skipped"].items()] or [("skipped", 0)]
+    for k, v in rows:
+        table.add_row(k, str(v))
+    Console(stderr=False).print(table)
+
+
+def register(app) -> None:
+    """Add the `prepare` command to a typer app."""
+    import typer
+
+    @app.command("prepare")
+    def prepare_command(
+        source: Annotated[list[Path], typer.Option("--source", help="Corpus path (repeatable): JSONL, Parquet, "
+                                                   "text/code tree, or a saved HF dataset.")],
+        out: Annotated[Path, typer.Option("--out", help="Output directory for shards + manifest.json.")],
+        group_size: Annotated[int, typer.Option("--group-size", help="Chunks per group (B).")] = 16,
+        grouping: Annotated[str, typer.Option("--grouping", help="adjacent | bm25 | random")] = "adjacent",
+        seed: Annotated[int, typer.Option("--seed")] = 42,
+        kind: Annotated[str, typer.Option("--kind", help="prose | code | auto (by file extension)")] = "auto",
+        tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer name or path for an "
+                                                         "exact token cap (default: words-based estimate).")] = None,
+        max_words: Annotated[int, typer.Option("--max-words")] = 120,
+        max_tokens: Annotated[int, typer.Option("--max-tokens")] = 160,
+        short_group: Annotated[str, typer.Option("--short-group", help="drop | pad")] = "drop",
+        on_bad_record: Annotated[str, typer.Option("--on-bad-record", help="error | skip")] = "error",
+        force: Annotated[bool, typer.Option("--force", help="Rebuild even if the manifest is up to date.")] = False,
+        no_progress: Annotated[bool, typer.Option("--no-progress")] = False,
+    ) -> None:
+        """Chunk and group corpora into Parquet shards for training."""
+        from pydantic import ValidationError
+
+        from revela.data.grouping import GroupingError
+        from revela.data.ingest import IngestError
+        from revela.data.shards import ShardError
+
+        try:
+            prepare(source, out, group_size, grouping, seed=seed, kind=kind, tokenizer=tokenizer,
+                    max_words=max_words, max_tokens=max_tokens, short_group=short_group,
+                    on_bad_record=on_bad_record, force=force, progress=not no_progress)
+        except ValidationError as e:
+            bad = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            typer.echo(f"error: {bad}", err=True)
+            raise typer.Exit(2) from None
+        except (IngestError, GroupingError, ShardError, ValueError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None

@@ -1,0 +1,167 @@
+"""Prepared shards -> a Ray Data stream whose rows are one tokenized group each.
+
+    ds = build_stream(shard_dir, {"retriever_name": ..., "lm_name": ..., "protocol": EncodingProtocol(...),
+                                  "lm_max_length": 160})
+    TorchTrainer(..., datasets={"train": ds})
+    # in the worker:
+    for batch in ray.train.get_dataset_shard("train").iter_torch_batches(batch_size=1):
+        batch["passage_input_ids"]  # [1, B, L] int64
+
+Row columns (all int64): `query_input_ids`, `query_attention_mask`, `passage_input_ids`,
+`passage_attention_mask` ([B, retriever max_length]), `lm_input_ids`, `lm_attention_mask`
+([B, lm_max_length]), `is_code` (scalar: 1 for code groups, which train without first-half and V-norm)
+and `group_index` (scalar: the group's row in the shards, for tracing). String columns are left out
+because `iter_torch_batches` only converts numeric columns.
+
+Equal steps per rank. Ray Train splits the "train" dataset with `streaming_split(n, equal=True)`, so every
+worker receives exactly `steps_per_epoch(num_groups, n)` groups per epoch, and the
+`dropped_groups_per_epoch(num_groups, n)` trailing groups that cannot be split evenly are not seen that
+epoch. Do not `break` out of the loop on one rank only: the other ranks' iterators would block.
+
+Resources (the 2-CPU deadlock, ray-notes part 1 §3 pitfall 1). Ray Data only gets the CPUs that Train
+workers leave free; if none are left, the read and tokenize stages never start and training hangs with
+no error. The tokenize stage is an actor pool of `concurrency` actors with `num_cpus` each, and reads
+take `read_num_cpus` each. `ensure_data_headroom` checks the plan against the cluster before fitting and
+raises instead of hanging. On a 2-core box either start Ray with more logical CPUs
+(`ray.init(num_cpus=4)`) or give Train workers fractional CPUs (`resources_per_worker={"CPU": 0.5}`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from revela.data.shards import read_manifest, shard_paths
+
+TENSOR_COLUMNS = (
+    "query_input_ids",
+    "query_attention_mask",
+    "passage_input_ids",
+    "passage_attention_mask",
+    "lm_input_ids",
+    "lm_attention_mask",
+)
+SHARD_COLUMNS = ["texts", "kind", "group_index"]
+
+
+def default_tokenizer_factory(first_half: bool, **kwargs: Any):
+    from revela.batch import GroupTokenizer
+
+    return GroupTokenizer.from_names(first_half=first_half, **kwargs)
+
+
+class TokenizeGroups:
+    """`map_batches` UDF: a batch of shard rows -> stacked [n, B, L] arrays plus `is_code`, `group_index`.
+
+    `first_half=None` follows the method (first-half query view for prose, full chunk for code); True or
+    False forces it for every group. `factory(first_half, **tokenizer_kwargs)` builds the per-group
+    tokenizer (default: `revela.batch.GroupTokenizer.from_names`); it is built once per actor and view.
+    """
+
+    def __init__(self, tokenizer_kwargs: dict[str, Any], first_half: bool | None = None,
+                 factory: Callable[..., Callable[[list[str]], dict[str, np.ndarray]]] | None = None):
+        self._kwargs = dict(tokenizer_kwargs)
+        self._first_half = first_half
+        self._factory = factory or default_tokenizer_factory
+        self._tokenizers: dict[bool, Callable[[list[str]], dict[str, np.ndarray]]] = {}
+
+    def tokenizer_for(self, kind: str):
+        first_half = (kind != "code") if self._first_half is None else self._first_half
+        if first_half not in self._tokenizers:
+            self._tokenizers[first_half] = self._factory(first_half=first_half, **self._kwargs)
+        return self._tokenizers[first_half]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        columns: dict[str, list[np.ndarray]] = {c: [] for c in TENSOR_COLUMNS}
+        sizes = set()
+        for texts, kind in zip(batch["texts"], batch["kind"]):
+            texts = [str(t) for t in texts]
+            sizes.add(len(texts))
+            arrays = self.tokenizer_for(str(kind))(texts)
+            for c in TENSOR_COLUMNS:
+                columns[c].append(np.asarray(arrays[c], dtype=np.int64))
+        if len(sizes) > 1:
+            raise ValueError(f"groups of different sizes {sorted(sizes)} in one stream; re-run prepare")
+        out = {c: np.stack(v) for c, v in columns.items()}
+        out["is_code"] = np.asarray([str(k) == "code" for k in batch["kind"]], dtype=np.int64)
+        out["group_index"] = np.asarray(batch["group_index"], dtype=np.int64)
+        return out
+
+
+def build_stream(
+    shard_dir: str,
+    tokenizer_kwargs: dict[str, Any],
+    *,
+    first_half: bool | None = None,
+    factory: Callable[..., Any] | None = None,
+    batch_size: int = 8,
+    concurrency: int = 1,
+    num_cpus: float = 0.5,
+    read_num_cpus: float = 0.25,
+):
+    """A `ray.data.Dataset` of tokenized groups read from a prepared directory (module docstring).
+
+    `tokenizer_kwargs` go to `GroupTokenizer.from_names` (retriever_name, lm_name, protocol, lm_max_length,
+    first_half_ratio) or to `factory`. `batch_size` groups are tokenized per UDF call by an actor pool of
+    `concurrency` actors with `num_cpus` CPUs each.
+    """
+    import ray.data
+
+    ds = ray.data.read_parquet(shard_paths(shard_dir), columns=SHARD_COLUMNS, num_cpus=read_num_cpus)
+    return ds.map_batches(
+        TokenizeGroups,
+        fn_constructor_kwargs={"tokenizer_kwargs": tokenizer_kwargs, "first_half": first_half, "factory": factory},
+        batch_size=batch_size,
+        batch_format="numpy",
+        concurrency=concurrency,
+        num_cpus=num_cpus,
+    )
+
+
+def num_groups(shard_dir: str) -> int:
+    manifest = read_manifest(shard_dir)
+    if manifest is None:
+        raise FileNotFoundError(f"{shard_dir}: no manifest.json; run `revela prepare` first")
+    return int(manifest["counts"]["groups"])
+
+
+def steps_per_epoch(num_groups: int, num_workers: int) -> int:
+    """Batches (= groups, at batch_size=1) every worker gets per epoch under Train's equal split."""
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    return num_groups // num_workers
+
+
+def dropped_groups_per_epoch(num_groups: int, num_workers: int) -> int:
+    """Trailing groups the equal split leaves out each epoch (fewer than num_workers)."""
+    return num_groups - steps_per_epoch(num_groups, num_workers) * num_workers
+
+
+def data_cpus(concurrency: int = 1, num_cpus: float = 0.5, read_num_cpus: float = 0.25) -> float:
+    """CPUs the stream needs free to make progress: its actor pool plus one read task."""
+    return concurrency * num_cpus + read_num_cpus
+
+
+def ensure_data_headroom(num_workers: int, cpus_per_worker: float = 1.0, *, concurrency: int = 1,
+                         num_cpus: float = 0.5, read_num_cpus: float = 0.25,
+                         total_cpus: float | None = None) -> float:
+    """Raise if Train workers would leave Ray Data too few CPUs to run (it would hang, not fail).
+
+    Returns the CPUs left over. `total_cpus` defaults to the connected cluster's CPU count.
+    """
+    if total_cpus is None:
+        import ray
+
+        total_cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    need = data_cpus(concurrency, num_cpus, read_num_cpus)
+    free = total_cpus - num_workers * cpus_per_worker
+    if free + 1e-9 < need:
+        raise RuntimeError(
+            f"{num_workers} Train workers x {cpus_per_worker} CPU leave {free:g} of {total_cpus:g} CPUs, but the "
+            f"data stream needs {need:g} (tokenize actors {concurrency} x {num_cpus:g} + read {read_num_cpus:g}); "
+            "it would hang. Start Ray with more logical CPUs (ray.init(num_cpus=...)), give workers fewer "
+            "(ScalingConfig(resources_per_worker={'CPU': 0.5})), or shrink the stream's num_cpus."
+        )
+    return free - need

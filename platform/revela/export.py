@@ -1,0 +1,69 @@
+"""Export a trained retriever as a folder that transformers and sentence-transformers load directly.
+
+LoRA adapters are merged. The folder carries the encoding protocol three ways: revela_protocol.json (ours),
+sentence-transformers module configs (pooling, normalisation, max length, query/document prompts), and a
+tokenizer that appends EOS itself when the protocol pools the EOS token.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from revela.protocol import EncodingProtocol
+from revela.retriever import Retriever
+
+ST_POOLING_FLAG = {"eos": "pooling_mode_lasttoken", "cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens"}
+
+
+def append_eos_in_tokenizer(tokenizer) -> None:
+    """Make the fast tokenizer's post-processor add EOS (keeping its BOS, if any), as EOS pooling needs."""
+    from tokenizers import processors
+
+    backend = tokenizer.backend_tokenizer
+    eos, eos_id = tokenizer.eos_token, tokenizer.eos_token_id
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    bos_id = tokenizer.bos_token_id
+    if probe and probe[-1] == eos_id:
+        return
+    leading = [tokenizer.bos_token] if bos_id is not None and probe and probe[0] == bos_id else []
+    specials = [(eos, eos_id)] + ([(leading[0], bos_id)] if leading else [])
+    backend.post_processor = processors.TemplateProcessing(
+        single=" ".join([*leading, "$A", eos]), pair=" ".join([*leading, "$A", eos, "$B", eos]),
+        special_tokens=specials)
+
+
+def write_sentence_transformers_files(out: Path, protocol: EncodingProtocol, dim: int) -> None:
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if protocol.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (out / "2_Normalize").mkdir(exist_ok=True)
+    (out / "modules.json").write_text(json.dumps(modules, indent=2))
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    pooling = {flag: False for flag in ST_POOLING_FLAG.values()}
+    pooling[ST_POOLING_FLAG[protocol.pooling]] = True
+    (out / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": dim, **pooling}, indent=2))
+    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": protocol.max_length}, indent=2))
+    (out / "config_sentence_transformers.json").write_text(json.dumps({
+        "prompts": {"query": protocol.query_prefix, "document": protocol.passage_prefix},
+        "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=2))
+
+
+def export_retriever(source: str, out: str | Path, max_length: int | None = None) -> Path:
+    """`source`: a training checkpoint, an exported folder or a model name. Returns the written folder."""
+    retriever = Retriever.load(source)
+    protocol = retriever.protocol
+    if max_length:
+        protocol = protocol.model_copy(update={"max_length": max_length})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    retriever.backbone.save_pretrained(out)
+    if protocol.append_eos:
+        append_eos_in_tokenizer(retriever.tokenizer)
+    retriever.tokenizer.save_pretrained(out)
+    protocol.save(out)
+    write_sentence_transformers_files(out, protocol, retriever.backbone.config.hidden_size)
+    return out

@@ -1,0 +1,1 @@
+"""Training: the optimizer step (loop), checkpoints, the worker loop and the Ray Train driver."""

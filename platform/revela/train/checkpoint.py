@@ -1,0 +1,140 @@
+"""Checkpoints: written completely into a staging directory, committed by one rename, marker file last.
+
+Layout of a checkpoint directory:
+  retriever/               the retriever as HF weights or peft adapters, its tokenizer and revela_protocol.json
+  lm/                      the LM's adapters or full weights and tokenizer (absent when the LM is frozen)
+  trainable.safetensors    every trainable tensor, for exact resume
+  trainer_state.pt         optimizer, scheduler, step, RNG states, data position
+  config.yaml              the resolved run config
+  revela_checkpoint.json   step, metrics, base model names, versions; written last: its presence means complete
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from revela.config import RunConfig
+from revela.model import RevelaModel
+from revela.retriever import CHECKPOINT_MARKER
+from revela.train.loop import Trainer
+
+
+def versions() -> dict[str, str]:
+    import ray
+    import transformers
+
+    import revela
+
+    return {"revela": revela.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "ray": ray.__version__}
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    seen, state = set(), {}
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.data_ptr() not in seen:  # tied weights are stored once
+            seen.add(p.data_ptr())
+            state[name] = p.detach().to("cpu").contiguous()
+    return state
+
+
+def _save_part(module: torch.nn.Module, tokenizer, directory: Path, base_name: str) -> None:
+    module.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    adapter_cfg = directory / "adapter_config.json"
+    if adapter_cfg.is_file():  # point adapters at the portable model name, not this machine's cache path
+        cfg = json.loads(adapter_cfg.read_text())
+        cfg["base_model_name_or_path"] = base_name
+        adapter_cfg.write_text(json.dumps(cfg, indent=2))
+
+
+def save_checkpoint(directory: str | Path, model: RevelaModel, trainer: Trainer, config: RunConfig,
+                    data_state: dict | None = None, metrics: dict | None = None) -> Path:
+    """Write a complete checkpoint at `directory` (replacing an older one there only once the new one is whole)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.parent / f".{directory.name}.staging-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        model.retriever.protocol.save(staging)
+        _save_part(model.retriever.backbone, model.retriever.tokenizer, staging / "retriever",
+                   config.model.retriever.name)
+        model.retriever.protocol.save(staging / "retriever")
+        if config.model.lm.finetune != "frozen":
+            _save_part(model.lm, model.lm_tokenizer, staging / "lm", config.model.lm.name)
+        save_file(trainable_state(model), staging / "trainable.safetensors")
+        torch.save({"trainer": trainer.state_dict(), "data": data_state or {}, "rng": rng_state()},
+                   staging / "trainer_state.pt")
+        (staging / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+        meta = {"step": trainer.step, "run_name": config.name, "metrics": metrics or {},
+                "retriever": config.model.retriever.name, "lm": config.model.lm.name,
+                "created": time.time(), "versions": versions()}
+        (staging / CHECKPOINT_MARKER).write_text(json.dumps(meta, indent=2, default=float))
+        if directory.exists():
+            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+            directory.rename(old)
+            staging.rename(directory)
+            shutil.rmtree(old)
+        else:
+            staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def is_complete(directory: str | Path) -> bool:
+    return Path(directory, CHECKPOINT_MARKER).is_file()
+
+
+def load_checkpoint(directory: str | Path, model: RevelaModel, trainer: Trainer | None = None) -> dict:
+    """Restore trainable weights (and optimizer/schedule/RNG when `trainer` is given); returns the data state."""
+    directory = Path(directory)
+    if not is_complete(directory):
+        raise FileNotFoundError(f"{directory} is not a complete Revela checkpoint (no {CHECKPOINT_MARKER})")
+    state = load_file(directory / "trainable.safetensors")
+    own = dict(model.named_parameters())
+    unexpected = [name for name in state if name not in own]
+    if unexpected:
+        raise ValueError(f"{directory}: checkpoint tensors not in this model (incompatible config?): {unexpected[:5]}")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            own[name].copy_(tensor)
+    stored = {own[name].data_ptr() for name in state}
+    missing = [n for n, p in own.items() if p.requires_grad and p.data_ptr() not in stored]
+    if missing:
+        raise ValueError(f"{directory}: trainable tensors missing from the checkpoint: {missing[:5]}")
+    saved = torch.load(directory / "trainer_state.pt", map_location="cpu", weights_only=False)
+    if trainer is not None:
+        trainer.load_state_dict(saved["trainer"])
+        restore_rng(saved["rng"])
+    return saved["data"]
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_step(directory: str | Path) -> int:
+    return int(json.loads(Path(directory, CHECKPOINT_MARKER).read_text())["step"])

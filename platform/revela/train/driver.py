@@ -1,0 +1,132 @@
+"""The main job: prepare data, train on Ray Train (DDP or FSDP), report. One call, `run(config)`.
+
+Run names are stable: re-running a name resumes it; a finished run or a changed config under the same name is
+refused unless `mode` asks to resume or overwrite explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from revela.config import RunConfig
+from revela.train.worker import METRICS_FILE, STATUS_FILE, train_worker
+
+RUN_FILE = "revela_run.json"
+Mode = Literal["auto", "resume", "overwrite"]
+
+
+class RunConflictError(RuntimeError):
+    """The run name is taken by a finished run or by a different config."""
+
+
+class TrainingStoppedError(RuntimeError):
+    """Training stopped before max_steps (e.g. non-finite loss); the last good checkpoint is kept."""
+
+
+def ray_environment() -> None:
+    """Loopback-only Ray with usage stats off and explicit auth (see README, 'Ray on one machine')."""
+    for key, value in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+                       "RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}.items():
+        os.environ.setdefault(key, value)
+
+
+def ensure_ray(address: str | None) -> None:
+    if ray.is_initialized():
+        return
+    ray_environment()
+    if address:
+        ray.init(address=address)
+    else:
+        # Logical CPUs above the physical count: on small machines Ray Data's tasks otherwise never get a CPU
+        # next to the Train workers and the run hangs (measured on 2 cores).
+        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """What makes two runs the same run: everything except how many steps to take and where Ray runs."""
+    data = cfg.model_dump()
+    data["train"].pop("max_steps")
+    data.pop("ray")
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def claim_run_dir(cfg: RunConfig, mode: Mode) -> Path:
+    run_dir = Path(cfg.ray.storage_path).absolute() / cfg.name
+    record = run_dir / RUN_FILE
+    if record.is_file() and mode == "overwrite":
+        shutil.rmtree(run_dir)
+    elif record.is_file():
+        previous = json.loads(record.read_text())
+        status = read_status(run_dir)
+        if previous["config_hash"] != config_hash(cfg) and mode != "resume":
+            raise RunConflictError(
+                f"run {cfg.name!r} in {run_dir} was started with a different config; "
+                "pass --resume to continue it with this config, --overwrite to start over, or choose another name")
+        if status.get("status") == "finished" and mode != "resume":
+            raise RunConflictError(
+                f"run {cfg.name!r} already finished at step {status.get('step')} ({run_dir}); "
+                "pass --resume with a larger train.max_steps to continue, --overwrite to retrain, or use another name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / STATUS_FILE).unlink(missing_ok=True)
+    record.write_text(json.dumps({"config_hash": config_hash(cfg), "config": cfg.model_dump()}, indent=2))
+    return run_dir
+
+
+def read_status(run_dir: Path) -> dict:
+    path = run_dir / STATUS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def fit(cfg: RunConfig, run_dir: Path, dataset) -> ray.train.Result:
+    scaling = ray.train.ScalingConfig(
+        num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
+        resources_per_worker={"CPU": cfg.ray.cpus_per_worker, **({"GPU": 1} if cfg.ray.use_gpu else {})})
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"run": cfg.model_dump(), "run_dir": str(run_dir)},
+        scaling_config=scaling,
+        datasets={"train": dataset},
+        run_config=ray.train.RunConfig(
+            name=cfg.name, storage_path=str(run_dir.parent),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
+    )
+    return trainer.fit()
+
+
+def metrics_history(run_dir: Path) -> list[dict]:
+    path = run_dir / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def run(cfg: RunConfig, mode: Mode = "auto") -> dict:
+    """Train `cfg` end to end; returns (and writes to <run>/report.json) the run's report."""
+    from revela.train.data import heldout_and_training_data
+    from revela.train.report import write_report
+
+    ensure_ray(cfg.ray.address)
+    run_dir = claim_run_dir(cfg, mode)
+    started = time.time()
+    data = heldout_and_training_data(cfg, run_dir)
+    before = data.score_heldout(cfg, checkpoint=None)
+    result = fit(cfg, run_dir, data.train)
+    status = read_status(run_dir)
+    if status.get("status") == "non_finite_loss":
+        raise TrainingStoppedError(
+            f"run {cfg.name!r} stopped: {status['message']}; last good checkpoint: "
+            f"{result.checkpoint.path if result.checkpoint else 'none'}")
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    after = data.score_heldout(cfg, checkpoint=checkpoint)
+    return write_report(run_dir, cfg, checkpoint=checkpoint, history=metrics_history(run_dir),
+                        heldout_before=before, heldout_after=after, data_summary=data.summary,
+                        wall_s=time.time() - started)

@@ -1,0 +1,39 @@
+"""Held-out groups: does the LM use the retrieved chunks (pass-3 < pass-2 loss), and does the retriever find
+chunks of the same document (top-1 neighbour hit-rate, against chance)?"""
+
+from __future__ import annotations
+
+import torch
+
+from revela.batch import GroupTokenizer
+from revela.model import RevelaModel
+
+
+@torch.no_grad()
+def heldout_metrics(model: RevelaModel, tokenizer: GroupTokenizer, rows: list[dict]) -> dict:
+    """rows: {"texts": [...], "doc_ids": [...], "kind": "prose"|"code"} groups never trained on."""
+    model.eval()
+    pass2, pass3, hits, scored, chance = [], [], 0, 0, 0.0
+    for row in rows:
+        batch = {k: torch.from_numpy(v) for k, v in tokenizer(list(row["texts"])).items()}
+        batch["is_code"] = torch.tensor(int(row.get("kind") == "code"))
+        out = model(batch)
+        pass2.append(float(out.pass2_loss))
+        pass3.append(float(out.loss))
+        docs = list(row["doc_ids"])
+        top = out.doc_weights.argmax(-1).tolist()
+        for i, j in enumerate(top):
+            same = sum(1 for k, d in enumerate(docs) if k != i and d == docs[i])
+            if same == 0:  # no chunk of the same document to find: the chunk cannot score a hit
+                continue
+            scored += 1
+            hits += docs[j] == docs[i]
+            chance += same / (len(docs) - 1)
+    return {
+        "groups": len(rows),
+        "pass2_loss": sum(pass2) / len(pass2),
+        "pass3_loss": sum(pass3) / len(pass3),
+        "top1_same_doc": hits / scored if scored else None,
+        "top1_chance": chance / scored if scored else None,
+        "chunks_scored": scored,
+    }

@@ -1,0 +1,123 @@
+"""The Ray Train worker loop: stream of groups -> Trainer steps -> metrics and checkpoints through ray.train.report.
+
+It also runs in the driver process (ScalingConfig(num_workers=0)), which is how single-process runs work.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import ray.train
+import torch
+import torch.distributed as dist
+
+from revela.config import RunConfig
+from revela.model import RevelaModel
+from revela.train.checkpoint import load_checkpoint, save_checkpoint
+from revela.train.loop import NonFiniteLossError, Trainer
+from revela.train.telemetry import DashboardMetrics
+
+STATUS_FILE = "revela_status.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+def _all_ranks_agree_nonfinite(bad: bool, device: torch.device) -> bool:
+    """A NaN on one rank must stop every rank together, or the others hang in the next all-reduce."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return bad
+    flag = torch.tensor([1.0 if bad else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def train_worker(config: dict) -> None:
+    cfg = RunConfig.model_validate(config["run"])
+    run_dir = Path(config["run_dir"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.train.seed + rank)
+    device = ray.train.torch.get_device() if world > 0 else torch.device("cpu")
+
+    model = RevelaModel.from_config(cfg.model).to(device)
+    engine = model
+    if world > 1:
+        engine = ray.train.torch.prepare_model(model, parallel_strategy=cfg.ray.strategy, move_to_device=False)
+    trainer = Trainer(model, cfg.train, device, engine=engine)
+
+    data_state = {"epoch": 0, "groups_in_epoch": 0}
+    resume = ray.train.get_checkpoint()
+    if resume is not None:
+        with resume.as_directory() as d:
+            data_state = load_checkpoint(d, model, trainer) or data_state
+    telemetry = DashboardMetrics(cfg.name) if rank == 0 else None
+    shard = ray.train.get_dataset_shard("train")
+
+    def checkpoint_and_report(metrics: dict) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                save_checkpoint(Path(tmp) / "ckpt", model, trainer, cfg, data_state, metrics)
+                ckpt = ray.train.Checkpoint.from_directory(str(Path(tmp) / "ckpt"))
+            ray.train.report(metrics, checkpoint=ckpt)
+
+    last_metrics: dict = {}
+    wait, started, epoch = 0.0, time.perf_counter(), data_state["epoch"]
+    skip = data_state["groups_in_epoch"]
+    while trainer.step < cfg.train.max_steps:
+        pending, consumed = [], 0
+        batches = iter(shard.iter_torch_batches(batch_size=1, prefetch_batches=2))
+        t0 = time.perf_counter()
+        for batch in batches:
+            wait += time.perf_counter() - t0
+            consumed += 1
+            if consumed <= skip:  # resuming mid-epoch: these groups were trained on before the restart
+                t0 = time.perf_counter()
+                continue
+            pending.append(batch)
+            if len(pending) < cfg.train.grad_accum:
+                t0 = time.perf_counter()
+                continue
+            measure = (trainer.step + 1) % cfg.train.log_every == 0
+            try:
+                step_start = time.perf_counter()
+                metrics = trainer.train_step(pending, measure=measure)
+                bad = False
+            except NonFiniteLossError as err:
+                bad, message = True, str(err)
+            if _all_ranks_agree_nonfinite(bad, device):
+                if rank == 0:
+                    (run_dir / STATUS_FILE).write_text(json.dumps(
+                        {"status": "non_finite_loss", "message": message if bad else "non-finite loss on another rank",
+                         "step": trainer.step + 1}))
+                return  # the last reported checkpoint stays the newest one
+            pending = []
+            data_state = {"epoch": epoch, "groups_in_epoch": consumed}
+            elapsed = time.perf_counter() - step_start
+            total = time.perf_counter() - started
+            metrics.update(epoch=epoch, step_time_s=elapsed,
+                           tokens_per_s=metrics["tokens"] * world / elapsed,
+                           groups_per_s=metrics["groups"] * world / elapsed,
+                           data_wait_fraction=wait / total if total else 0.0)
+            if device.type == "cuda":
+                metrics["gpu_max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            last_metrics = metrics
+            if rank == 0:
+                with open(run_dir / METRICS_FILE, "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+                telemetry.record(metrics)
+            every = cfg.train.checkpoint_every
+            if (every and trainer.step % every == 0) or trainer.step == cfg.train.max_steps:
+                checkpoint_and_report(metrics)
+            elif measure:
+                ray.train.report(metrics)
+            if trainer.step >= cfg.train.max_steps:
+                break
+            t0 = time.perf_counter()
+        if consumed == 0:
+            raise RuntimeError("the training stream yielded no groups for this worker")
+        epoch, skip = epoch + 1, 0
+    if last_metrics and rank == 0:
+        (run_dir / STATUS_FILE).write_text(json.dumps({"status": "finished", "step": trainer.step}))
