@@ -47,7 +47,7 @@ _BY_ALIAS = {alias.lower(): a for a in ASSETS.values() for alias in (a.name, *a.
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("REVELA_CACHE", Path.home() / ".cache" / "revela"))
+    return Path(os.environ.get("REVELA_CACHE", Path.home() / ".cache" / "revela")).expanduser().absolute()
 
 
 def hub_offline() -> bool:
@@ -93,6 +93,7 @@ def build_asset(asset: Asset, force: bool = False) -> Path:
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{asset.name}-", dir=target.parent))
+    staging.chmod(0o755)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     if force and target.exists():

@@ -90,8 +90,11 @@ class RayConfig(StrictModel):
 
 
 # Embedded defaults are a CPU-sized run (minutes on 2 cores); jobs/configs/paper.yaml is the paper's recipe.
+# MiniLM's cosines spread far wider than a decoder's EOS embeddings, so tau=1e-4 would make Sim one-hot (and
+# the retriever's gradient zero); 0.05 keeps it soft.
 CPU_MODEL = ModelConfig(retriever=RetrieverConfig(max_length=64),
-                        lm=LMConfig(max_length=64, lora=LoraSettings(r=16, alpha=32, dropout=0.05)))
+                        lm=LMConfig(max_length=64, lora=LoraSettings(r=16, alpha=32, dropout=0.05)),
+                        objective=ObjectiveConfig(temperature=0.05))
 CPU_DATA = DataConfig(group_size=8, max_words=48, max_tokens=64)
 CPU_TRAIN = TrainConfig(max_steps=20, warmup_steps=4, checkpoint_every=10, heldout_groups=4)
 

@@ -74,8 +74,19 @@ def validate(cls: type[T], data: dict, source: str = "<dict>") -> T:
         raise ConfigError(_format_errors(source, e)) from None
 
 
+def deep_merge(base: dict, update: dict) -> dict:
+    """`update` over `base`, section by section (a partial section keeps the other defaults of that section)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Build `cls` from embedded defaults, an optional YAML file, then `key.path=value` overrides."""
+    """Build `cls` from its embedded defaults, then an optional YAML file, then `key.path=value` overrides."""
     data = load_yaml(path) if path else {}
     data = apply_overrides(data, overrides or [])
-    return validate(cls, data, str(path) if path else "<defaults>")
+    return validate(cls, deep_merge(cls().model_dump(), data), str(path) if path else "<defaults>")

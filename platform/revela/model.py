@@ -90,6 +90,9 @@ class RevelaModel(nn.Module):
         enable_inbatch_attention(lm_model, lc.attn_implementation)
         lm_model.config.use_cache = False
         backbone = apply_finetune(retriever_backbone, rc.finetune, rc.lora, "FEATURE_EXTRACTION")
+        for name, p in backbone.named_parameters():
+            if ".pooler." in f".{name}":  # the backbone's own pooler head is unused: we pool hidden states
+                p.requires_grad_(False)
         lm_model = apply_finetune(lm_model, lc.finetune, lc.lora, "CAUSAL_LM")
         return cls(Retriever(backbone, r_tok, protocol), lm_model, l_tok, cfg.objective.temperature,
                    cfg.objective.v_norm, cfg.objective.inbatch_chunk)

@@ -17,8 +17,9 @@ Rules (every chunk satisfies all that apply):
   cap into character slices.
 - **Code**: lines are cut into segments at top-level definitions (`def`, `class`, decorators, and any
   non-indented line that follows a blank line, so blank-line blocks of any language count). Segments are
-  packed greedily up to `max_tokens`; an oversized segment is cut at its blank lines, then at lines, and a
-  single line over the cap at word boundaries. A chunk is a contiguous slice of the file's lines (except
+  packed greedily up to `max_tokens`; an oversized segment is cut at its blank lines, else before its
+  least-indented lines (the statements of the outermost body), recursively, and a single line over the
+  cap at word boundaries. A chunk is a contiguous slice of the file's lines (except
   for such over-long lines). `max_words` does not apply to code.
 - **Too short**: chunks with fewer than `min_words` whitespace-separated words are dropped and counted as
   `short_chunk`; a document that yields no chunk at all (shorter than one sentence of `min_words`) is
@@ -27,6 +28,7 @@ Rules (every chunk satisfies all that apply):
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -96,6 +98,9 @@ _ABBREVIATIONS = frozenset(
 # End punctuation, optional closing quotes/brackets, whitespace, then something that is not a lowercase letter.
 _BOUNDARY = re.compile(r"([.!?]+[\"'\u201d\u2019)\]]*)\s+(?=[^a-z\s])")
 _PARAGRAPH = re.compile(r"\n[ \t]*\n")
+# A line break before an indented line or a list item: code samples, tables and lists in docs are not
+# sentences, and joining their lines would make one giant "sentence".
+_LINE_BREAK = re.compile(r"\n(?=[ \t]+\S|[-*+\u2022] |\d+[.)] )")
 
 
 def _ends_with_abbreviation(text: str) -> bool:
@@ -103,27 +108,27 @@ def _ends_with_abbreviation(text: str) -> bool:
     return last in _ABBREVIATIONS or (len(last) == 1 and last.isalpha())
 
 
-def split_sentences(text: str) -> list[str]:
-    """Split prose into sentences: blank lines always end one; inside a paragraph, `.`/`!`/`?` (plus
-    closing quotes/brackets) followed by whitespace and a non-lowercase character, unless the word before
-    is a known abbreviation ("e.g.", "Dr.") or a single-letter initial. Whitespace is normalised."""
-    sentences: list[str] = []
-    for para in _PARAGRAPH.split(text):
-        para = " ".join(para.split())
-        if not para:
+def _split_line_run(text: str) -> list[str]:
+    text = " ".join(text.split())
+    out: list[str] = []
+    start = 0
+    for m in _BOUNDARY.finditer(text):
+        candidate = text[start : m.end(1)]
+        single_period = m.group(1).rstrip("\"'\u201d\u2019)]") == "."
+        if single_period and _ends_with_abbreviation(candidate):
             continue
-        start = 0
-        for m in _BOUNDARY.finditer(para):
-            candidate = para[start : m.end(1)]
-            if m.group(1).startswith(".") and len(m.group(1).rstrip("\"'\u201d\u2019)]")) == 1 \
-                    and _ends_with_abbreviation(candidate):
-                continue
-            sentences.append(candidate.strip())
-            start = m.end()
-        tail = para[start:].strip()
-        if tail:
-            sentences.append(tail)
-    return sentences
+        out.append(candidate.strip())
+        start = m.end()
+    tail = text[start:].strip()
+    return out + ([tail] if tail else [])
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split prose into sentences. Blank lines always end one, and so does a line break before an indented
+    line or a list item. Inside a run of lines, `.`/`!`/`?` (plus closing quotes/brackets) followed by
+    whitespace and a non-lowercase character ends a sentence, unless the word before a single `.` is a known
+    abbreviation ("e.g.", "Dr.") or a single-letter initial. Whitespace is normalised to single spaces."""
+    return [s for para in _PARAGRAPH.split(text) for run in _LINE_BREAK.split(para) for s in _split_line_run(run)]
 
 
 # ---------------------------------------------------------------- packing
@@ -135,7 +140,12 @@ def _words(text: str) -> int:
 
 @dataclass
 class _Packer:
-    """Greedy in-order packing of units (sentences or line ranges) under the word and token caps."""
+    """Greedy in-order packing of units (sentences, line runs, words) under the word and token caps.
+
+    Unit sizes are counted once and summed while packing; with a tokenizer the joined chunk texts are then
+    counted exactly in one batch and any chunk over the cap is re-split (the sums can be off by a token or
+    two where BPE merges across the joiner, or where the joiner itself is a token, like "\n").
+    """
 
     rules: ChunkRules
     counter: TokenCounter
@@ -145,31 +155,40 @@ class _Packer:
     def fits(self, words: int, tokens: int) -> bool:
         return tokens <= self.rules.max_tokens and (not self.use_word_cap or words <= self.rules.max_words)
 
-    def pack(self, units: list[str], joiner: str, tokens: list[int] | None = None) -> list[str]:
-        """Pack units whose own sizes already fit; check the joined text exactly and re-split offenders."""
-        if tokens is None:
-            tokens = self.counter.count_many(units)
+    def note(self, key: str) -> None:
+        self.notes[key] = self.notes.get(key, 0) + 1
+
+    def group(self, units: list[str], tokens: list[int], joiner_tokens: int = 0) -> list[list[int]]:
         groups: list[list[int]] = []
         cur: list[int] = []
         cur_w = cur_t = 0
         for i, u in enumerate(units):
-            w, t = _words(u), tokens[i]
+            w, t = _words(u), tokens[i] + (joiner_tokens if cur else 0)
             if cur and not self.fits(cur_w + w, cur_t + t):
                 groups.append(cur)
-                cur, cur_w, cur_t = [], 0, 0
+                cur, cur_w, cur_t, t = [], 0, 0, tokens[i]
             cur.append(i)
             cur_w += w
             cur_t += t
-        if cur:
-            groups.append(cur)
+        return groups + ([cur] if cur else [])
+
+    def pack(self, units: list[str], joiner: str, tokens: list[int] | None = None) -> list[str]:
+        """Pack units that each fit; every returned text is within the caps."""
+        if not units:
+            return []
+        if tokens is None:
+            tokens = self.counter.count_many(units)
+        joiner_tokens = self.counter.count(joiner) if joiner.strip() == "" and joiner != " " else 0
+        groups = self.group(units, tokens, joiner_tokens)
         texts = [joiner.join(units[i] for i in g) for g in groups]
-        # Sums of per-unit counts can differ from the joined text's count by a token or two (BPE merges
-        # across the joiner), so the final text is what gets checked.
-        exact = self.counter.count_many(texts) if self.counter.tokenizer is not None else None
+        if self.counter.tokenizer is None:  # the estimate is additive: the sums are exact
+            return texts
         out: list[str] = []
-        for g, text, n in zip(groups, texts, exact or [None] * len(texts)):
-            if n is None or n <= self.rules.max_tokens or len(g) == 1:
+        for g, text, n in zip(groups, texts, self.counter.count_many(texts)):
+            if n <= self.rules.max_tokens:
                 out.append(text)
+            elif len(g) == 1:
+                out.extend(self.split_words(text))
             else:
                 half = len(g) // 2
                 out.extend(self.pack([units[i] for i in g[:half]], joiner))
@@ -185,18 +204,15 @@ class _Packer:
         return self.pack(pieces, " ")
 
     def _split_chars(self, word: str) -> list[str]:
-        self.notes["long_word_splits"] = self.notes.get("long_word_splits", 0) + 1
+        self.note("long_word_splits")
         out = []
         while word:
             size = len(word)
-            while size > 1 and self.counter.count(word[:size]) > self.rules.max_tokens:
-                size = max(1, size * self.rules.max_tokens // max(self.counter.count(word[:size]), 1) - 1)
+            while size > 1 and (n := self.counter.count(word[:size])) > self.rules.max_tokens:
+                size = max(1, size * self.rules.max_tokens // n - 1)
             out.append(word[:size])
             word = word[size:]
         return out
-
-    def oversized(self, text: str, tokens: int) -> bool:
-        return not self.fits(_words(text), tokens)
 
 
 def chunk_prose(text: str, rules: ChunkRules, counter: TokenCounter, notes: dict[str, int] | None = None) -> list[str]:
@@ -208,10 +224,10 @@ def chunk_prose(text: str, rules: ChunkRules, counter: TokenCounter, notes: dict
     run: list[str] = []
     run_sizes: list[int] = []
     for s, t in zip(sentences, sizes):
-        if packer.oversized(s, t):
+        if not packer.fits(_words(s), t):
             out.extend(packer.pack(run, " ", run_sizes))
             run, run_sizes = [], []
-            packer.notes["long_sentence_splits"] = packer.notes.get("long_sentence_splits", 0) + 1
+            packer.note("long_sentence_splits")
             out.extend(packer.split_words(s))
         else:
             run.append(s)
@@ -237,38 +253,52 @@ def _segment_starts(lines: list[str]) -> list[int]:
     return starts
 
 
-def _blocks(lines: list[str]) -> list[str]:
-    """Cut lines into blocks that end at blank lines (the blank lines stay with the block before)."""
-    blocks, cur = [], []
-    for line in lines:
-        cur.append(line)
-        if not line.strip():
-            blocks.append("\n".join(cur))
-            cur = []
-    if cur:
-        blocks.append("\n".join(cur))
-    return blocks
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _code_cuts(lines: list[str], a: int, b: int) -> list[int]:
+    """Where to cut the oversized line run [a, b): at its blank lines if it has any inside, else before its
+    least-indented lines (the statements of its outermost body), else at every line."""
+    cuts = [i for i in range(a + 1, b) if not lines[i - 1].strip() and lines[i].strip()]
+    if not cuts:
+        levels = [_indent(lines[i]) for i in range(a + 1, b) if lines[i].strip()]
+        if levels:
+            cuts = [i for i in range(a + 1, b) if lines[i].strip() and _indent(lines[i]) <= min(levels)]
+    return cuts or list(range(a + 1, b))
 
 
 def chunk_code(text: str, rules: ChunkRules, counter: TokenCounter, notes: dict[str, int] | None = None) -> list[str]:
     """Source text -> chunk texts, contiguous line slices cut at top-level definitions (module docstring)."""
     packer = _Packer(rules, counter, use_word_cap=False, notes=notes if notes is not None else {})
     lines = text.splitlines()
+    newline = counter.count("\n") if counter.tokenizer is not None else 0
+    prefix = [0, *itertools.accumulate(counter.count_many(lines))]
+
+    def cost(a: int, b: int) -> int:
+        return prefix[b] - prefix[a] + (b - a - 1) * newline
+
+    def split(a: int, b: int) -> list[tuple[str, int]]:
+        if cost(a, b) <= rules.max_tokens:
+            return [("\n".join(lines[a:b]), cost(a, b))]
+        if b - a == 1:
+            words = packer.split_words(lines[a])
+            return list(zip(words, counter.count_many(words)))
+        bounds = [a, *_code_cuts(lines, a, b), b]
+        parts = [p for x, y in zip(bounds, bounds[1:]) for p in split(x, y)]
+        groups = packer.group([t for t, _ in parts], [n for _, n in parts], newline)
+        return [("\n".join(parts[i][0] for i in g), sum(parts[i][1] for i in g) + (len(g) - 1) * newline)
+                for g in groups]
+
     starts = _segment_starts(lines) + [len(lines)]
-    segments = ["\n".join(lines[a:b]) for a, b in zip(starts, starts[1:]) if a < b]
-    units: list[str] = []
-    for seg, n in zip(segments, counter.count_many(segments)):
-        if n <= rules.max_tokens:
-            units.append(seg)
-            continue
-        packer.notes["code_segment_splits"] = packer.notes.get("code_segment_splits", 0) + 1
-        for block in packer.pack(_blocks(seg.split("\n")), "\n"):
-            if counter.count(block) <= rules.max_tokens:
-                units.append(block)
-                continue
-            for line in packer.pack(block.split("\n"), "\n"):
-                units.extend([line] if counter.count(line) <= rules.max_tokens else packer.split_words(line))
-    return [c.strip("\n") for c in packer.pack(units, "\n") if c.strip()]
+    units: list[tuple[str, int]] = []
+    for a, b in zip(starts, starts[1:]):
+        pieces = split(a, b)
+        if len(pieces) > 1:
+            packer.note("code_segment_splits")
+        units.extend(pieces)
+    chunks = packer.pack([t for t, _ in units], "\n", [n for _, n in units])
+    return [c.strip("\n") for c in chunks if c.strip()]
 
 
 # ---------------------------------------------------------------- documents -> chunks

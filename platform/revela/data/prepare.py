@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
+import typer  # module level: typer resolves the command's string annotations in this module's globals
+
 from revela.data.chunking import Chunker, ChunkRules, TokenCounter
 from revela.data.config import DataConfig, Grouping, KindChoice
 from revela.data.grouping import make_groups
@@ -197,8 +199,6 @@ def print_summary(summary: dict) -> None:
 
 def register(app) -> None:
     """Add the `prepare` command to a typer app."""
-    import typer
-
     @app.command("prepare")
     def prepare_command(
         source: Annotated[list[Path], typer.Option("--source", help="Corpus path (repeatable): JSONL, Parquet, "

@@ -28,6 +28,8 @@ from revela.data.grouping import Group
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 SHARD_PREFIX = "part-"
+ROW_GROUP_ROWS = 64
+"""Groups per Parquet row group: the unit the stream reads and tokenizes in one call."""
 
 SHARD_SCHEMA = pa.schema(
     [
@@ -120,7 +122,7 @@ def write_shards(groups: Sequence[Group], out_dir: str | Path, manifest: dict, r
         for k, start in enumerate(range(0, len(groups), rows_per_shard)):
             name = f"{SHARD_PREFIX}{k:05d}.parquet"
             table = _table(groups[start : start + rows_per_shard], start)
-            pq.write_table(table, staging / name, compression="zstd")
+            pq.write_table(table, staging / name, compression="zstd", row_group_size=ROW_GROUP_ROWS)
             shards.append({"file": name, "rows": table.num_rows, "sha256": file_sha256(staging / name)})
         manifest = {**manifest, "format_version": FORMAT_VERSION, "shards": shards}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

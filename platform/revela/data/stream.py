@@ -19,11 +19,14 @@ worker receives exactly `steps_per_epoch(num_groups, n)` groups per epoch, and t
 epoch. Do not `break` out of the loop on one rank only: the other ranks' iterators would block.
 
 Resources (the 2-CPU deadlock, ray-notes part 1 §3 pitfall 1). Ray Data only gets the CPUs that Train
-workers leave free; if none are left, the read and tokenize stages never start and training hangs with
-no error. The tokenize stage is an actor pool of `concurrency` actors with `num_cpus` each, and reads
-take `read_num_cpus` each. `ensure_data_headroom` checks the plan against the cluster before fitting and
-raises instead of hanging. On a 2-core box either start Ray with more logical CPUs
-(`ray.init(num_cpus=4)`) or give Train workers fractional CPUs (`resources_per_worker={"CPU": 0.5}`).
+workers leave free; if too few are left, its stages never start and training hangs with no error.
+`ray.data.read_parquet` makes this worse: its file-listing stage always asks for a whole CPU, on top of the
+read tasks. So the stream does not use it: the driver lists the shards' Parquet row groups from the
+manifest and footers (`ray.data.from_items`, which runs no task), and one operator, an actor pool of
+`concurrency` actors with `num_cpus` CPUs each, reads a row group and tokenizes it. The stream therefore
+needs exactly `concurrency * num_cpus` free CPUs (default 0.5). `ensure_data_headroom` checks a plan against
+the cluster and raises instead of hanging. Measured on the 2-core box: `ray.init(num_cpus=2)` with two
+Train workers at `resources_per_worker={"CPU": 0.5}` runs; with `read_parquet` the same plan hung.
 """
 
 from __future__ import annotations
@@ -53,11 +56,11 @@ def default_tokenizer_factory(first_half: bool, **kwargs: Any):
 
 
 class TokenizeGroups:
-    """`map_batches` UDF: a batch of shard rows -> stacked [n, B, L] arrays plus `is_code`, `group_index`.
+    """Shard rows (`texts`, `kind`, `group_index`) -> stacked [n, B, L] arrays plus `is_code`, `group_index`.
 
     `first_half=None` follows the method (first-half query view for prose, full chunk for code); True or
-    False forces it for every group. `factory(first_half, **tokenizer_kwargs)` builds the per-group
-    tokenizer (default: `revela.batch.GroupTokenizer.from_names`); it is built once per actor and view.
+    False forces it for every group. `factory(first_half=..., **tokenizer_kwargs)` builds the per-group
+    tokenizer (default: `revela.batch.GroupTokenizer.from_names`), once per instance and view.
     """
 
     def __init__(self, tokenizer_kwargs: dict[str, Any], first_half: bool | None = None,
@@ -73,7 +76,7 @@ class TokenizeGroups:
             self._tokenizers[first_half] = self._factory(first_half=first_half, **self._kwargs)
         return self._tokenizers[first_half]
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         columns: dict[str, list[np.ndarray]] = {c: [] for c in TENSOR_COLUMNS}
         sizes = set()
         for texts, kind in zip(batch["texts"], batch["kind"]):
@@ -90,30 +93,52 @@ class TokenizeGroups:
         return out
 
 
+class ReadAndTokenize(TokenizeGroups):
+    """`map_batches` UDF over read units (`path`, `row_group`): reads each row group, then tokenizes it."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tables = [pq.ParquetFile(str(path)).read_row_group(int(rg), columns=SHARD_COLUMNS)
+                  for path, rg in zip(batch["path"], batch["row_group"])]
+        rows = pa.concat_tables(tables).to_pydict()
+        return super().__call__(rows)
+
+
+def read_units(shard_dir: str) -> list[dict[str, Any]]:
+    """One item per Parquet row group of the prepared shards, in shard order."""
+    import pyarrow.parquet as pq
+
+    units = []
+    for path in shard_paths(shard_dir):
+        for rg in range(pq.ParquetFile(path).num_row_groups):
+            units.append({"path": path, "row_group": rg})
+    return units
+
+
 def build_stream(
     shard_dir: str,
     tokenizer_kwargs: dict[str, Any],
     *,
     first_half: bool | None = None,
     factory: Callable[..., Any] | None = None,
-    batch_size: int = 8,
     concurrency: int = 1,
     num_cpus: float = 0.5,
-    read_num_cpus: float = 0.25,
 ):
-    """A `ray.data.Dataset` of tokenized groups read from a prepared directory (module docstring).
+    """A `ray.data.Dataset` of tokenized groups from a prepared directory (module docstring).
 
     `tokenizer_kwargs` go to `GroupTokenizer.from_names` (retriever_name, lm_name, protocol, lm_max_length,
-    first_half_ratio) or to `factory`. `batch_size` groups are tokenized per UDF call by an actor pool of
-    `concurrency` actors with `num_cpus` CPUs each.
+    first_half_ratio) or to `factory`. Each call of the actor pool (`concurrency` actors, `num_cpus` CPUs
+    each) reads and tokenizes one row group of the shards (`revela.data.shards.ROW_GROUP_ROWS` groups).
     """
     import ray.data
 
-    ds = ray.data.read_parquet(shard_paths(shard_dir), columns=SHARD_COLUMNS, num_cpus=read_num_cpus)
-    return ds.map_batches(
-        TokenizeGroups,
+    units = read_units(shard_dir)
+    return ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
+        ReadAndTokenize,
         fn_constructor_kwargs={"tokenizer_kwargs": tokenizer_kwargs, "first_half": first_half, "factory": factory},
-        batch_size=batch_size,
+        batch_size=1,
         batch_format="numpy",
         concurrency=concurrency,
         num_cpus=num_cpus,
@@ -139,15 +164,9 @@ def dropped_groups_per_epoch(num_groups: int, num_workers: int) -> int:
     return num_groups - steps_per_epoch(num_groups, num_workers) * num_workers
 
 
-def data_cpus(concurrency: int = 1, num_cpus: float = 0.5, read_num_cpus: float = 0.25) -> float:
-    """CPUs the stream needs free to make progress: its actor pool plus one read task."""
-    return concurrency * num_cpus + read_num_cpus
-
-
 def ensure_data_headroom(num_workers: int, cpus_per_worker: float = 1.0, *, concurrency: int = 1,
-                         num_cpus: float = 0.5, read_num_cpus: float = 0.25,
-                         total_cpus: float | None = None) -> float:
-    """Raise if Train workers would leave Ray Data too few CPUs to run (it would hang, not fail).
+                         num_cpus: float = 0.5, total_cpus: float | None = None) -> float:
+    """Raise if Train workers would leave the stream too few CPUs to run (it would hang, not fail).
 
     Returns the CPUs left over. `total_cpus` defaults to the connected cluster's CPU count.
     """
@@ -155,13 +174,13 @@ def ensure_data_headroom(num_workers: int, cpus_per_worker: float = 1.0, *, conc
         import ray
 
         total_cpus = float(ray.cluster_resources().get("CPU", 0.0))
-    need = data_cpus(concurrency, num_cpus, read_num_cpus)
+    need = concurrency * num_cpus
     free = total_cpus - num_workers * cpus_per_worker
     if free + 1e-9 < need:
         raise RuntimeError(
-            f"{num_workers} Train workers x {cpus_per_worker} CPU leave {free:g} of {total_cpus:g} CPUs, but the "
-            f"data stream needs {need:g} (tokenize actors {concurrency} x {num_cpus:g} + read {read_num_cpus:g}); "
-            "it would hang. Start Ray with more logical CPUs (ray.init(num_cpus=...)), give workers fewer "
-            "(ScalingConfig(resources_per_worker={'CPU': 0.5})), or shrink the stream's num_cpus."
+            f"{num_workers} Train workers x {cpus_per_worker:g} CPU leave {free:g} of {total_cpus:g} CPUs, but the "
+            f"data stream needs {need:g} ({concurrency} tokenize actors x {num_cpus:g}); it would hang. Start Ray "
+            "with more logical CPUs (ray.init(num_cpus=...)), give workers fewer "
+            "(ScalingConfig(resources_per_worker={'CPU': 0.5})), or lower the stream's num_cpus."
         )
     return free - need

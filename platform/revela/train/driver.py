@@ -40,16 +40,26 @@ def ray_environment() -> None:
         os.environ.setdefault(key, value)
 
 
+def worker_env() -> dict[str, str]:
+    """Environment every Ray worker needs: the asset cache (absolute) and the offline/hub switches."""
+    from revela.assets import cache_dir
+
+    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM")
+    return {"REVELA_CACHE": str(cache_dir()), **{k: os.environ[k] for k in keys if k in os.environ}}
+
+
 def ensure_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     ray_environment()
+    runtime_env = {"env_vars": worker_env()}
     if address:
-        ray.init(address=address)
+        ray.init(address=address, runtime_env=runtime_env)
     else:
         # Logical CPUs above the physical count: on small machines Ray Data's tasks otherwise never get a CPU
         # next to the Train workers and the run hangs (measured on 2 cores).
-        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
+        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False,
+                 runtime_env=runtime_env)
 
 
 def config_hash(cfg: RunConfig) -> str:

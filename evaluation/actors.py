@@ -1,0 +1,148 @@
+"""Score training checkpoints on a dev suite while training goes on.
+
+Two ways to plug this into a Ray Train V2 run (the scorer runs as its own Ray task or actor, so training does not
+wait for it):
+
+1. Train V2's asynchronous validation hook::
+
+       from revela.evaluation.actors import validation_config
+       trainer = TorchTrainer(..., validation_config=validation_config(["stdlib-code"], max_queries=200),
+                              run_config=RunConfig(checkpoint_config=CheckpointConfig(
+                                  checkpoint_score_attribute="dev_ndcg_at_10", checkpoint_score_order="max")))
+       # in the train loop, with a checkpoint:  ray.train.report(metrics, checkpoint=ckpt, validation=True)
+
+   Ray runs `validate_checkpoint(checkpoint, **fn_kwargs)` as a task per checkpoint and merges the returned
+   metrics into that checkpoint's metrics, where they drive best-checkpoint selection.
+
+2. A dedicated actor fed with checkpoint directories (e.g. from a callback or the driver)::
+
+       scorer = start_evaluator(["stdlib-code", "/data/beir/scifact"], max_queries=200)
+       ref = scorer.score.remote("/runs/r1/checkpoint_000003")   # returns at once; scoring runs in the actor
+       ray.get(scorer.best.remote("dev_ndcg_at_10"))
+
+`score_checkpoint` is the plain function under both; it loads the dev sets once per process and is cheap for
+small sets (`max_queries` samples the queries, the corpus stays whole).
+
+Returned metrics are flat floats: `dev_ndcg_at_10`, `dev_recall_at_100`, `dev_mrr_at_10`, `dev_map_at_100`
+(means over the datasets), `<dataset>/ndcg_at_10` etc. per dataset, `dev_eval_seconds`, and `checkpoint_step`
+when the checkpoint records one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from revela.evaluation.beir import BeirDataset, load_beir
+
+log = logging.getLogger(__name__)
+
+EVAL_FILE = "revela_eval.json"
+_DATASETS: dict[tuple, BeirDataset] = {}
+
+
+def _dev_sets(datasets: list[str], split: str, max_queries: int | None, eval_dir: str | None) -> list[BeirDataset]:
+    from revela.evaluation.suite import resolve_dataset
+
+    out = []
+    for d in datasets:
+        path = Path(resolve_dataset(d, eval_dir)).resolve()
+        files = [path / "corpus.jsonl", path / "queries.jsonl", path / "qrels" / f"{split}.tsv"]
+        key = (str(path), split, max_queries, tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in files))
+        if key not in _DATASETS:
+            _DATASETS[key] = load_beir(path, split=split).subset(max_queries)
+        out.append(_DATASETS[key])
+    return out
+
+
+def score_checkpoint(checkpoint_dir: str, datasets: list[str], *, split: str = "test",
+                     max_queries: int | None = None, batch_size: int = 32, max_length: int | None = None,
+                     k: int = 100, prefix: str = "dev", eval_dir: str | None = None,
+                     record: bool = False) -> dict[str, float]:
+    """Flat metrics of the retriever in `checkpoint_dir` on `datasets` (directories or suite names).
+
+    checkpoint_dir is a training checkpoint (revela_checkpoint.json + retriever/), an exported folder or a plain
+    model folder; the retriever is encoded with the protocol it carries. record=True also writes the full report
+    and the flat metrics to `<checkpoint_dir>/revela_eval.json`, attaching the scores to the checkpoint itself.
+    Raises `ModelLoadError` for a folder that is not a usable model.
+    """
+    from revela.evaluation.run import evaluate
+
+    if not datasets:
+        raise ValueError("score_checkpoint needs at least one dev dataset")
+    start = time.perf_counter()
+    sets = _dev_sets(list(datasets), split, max_queries, eval_dir)
+    report = evaluate(str(checkpoint_dir), sets, None, split=split, batch_size=batch_size, max_length=max_length,
+                      k=k, encoder="local", progress=False, show_table=False)
+    flat: dict[str, float] = {}
+    for metric in ("ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100"):
+        flat[f"{prefix}_{metric}"] = float(report["average"][metric])
+    for name, entry in report["datasets"].items():
+        for metric in ("ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100"):
+            flat[f"{name}/{metric}"] = float(entry[metric])
+    flat[f"{prefix}_eval_seconds"] = round(time.perf_counter() - start, 3)
+    step = report["model"]["checkpoint_step"]
+    if step is not None:
+        flat["checkpoint_step"] = float(step)
+    if record:
+        target = Path(checkpoint_dir, EVAL_FILE)
+        tmp = target.with_name(f".{EVAL_FILE}.tmp")
+        tmp.write_text(json.dumps({"metrics": flat, "report": report}, indent=2) + "\n")
+        os.replace(tmp, target)
+    log.info("scored %s: %s=%.4f", checkpoint_dir, f"{prefix}_ndcg_at_10", flat[f"{prefix}_ndcg_at_10"])
+    return flat
+
+
+def validate_checkpoint(checkpoint, **kwargs) -> dict[str, float]:
+    """A `ray.train.ValidationFn`: `score_checkpoint` on a `ray.train.Checkpoint` (kwargs as score_checkpoint)."""
+    with checkpoint.as_directory() as directory:
+        return score_checkpoint(directory, **kwargs)
+
+
+def validation_config(datasets: list[str], *, num_cpus: float = 0.5, num_gpus: float = 0, **score_kwargs):
+    """A `ray.train.ValidationConfig` that scores every checkpoint reported with `validation=True`.
+
+    score_kwargs (JSON values: max_queries, batch_size, max_length, split, prefix, eval_dir, record) go to
+    `score_checkpoint`. On a small CPU box keep num_cpus fractional, or the task queues behind the workers.
+    """
+    from ray.train import ValidationConfig, ValidationTaskConfig
+
+    return ValidationConfig(fn=validate_checkpoint,
+                            task_config=ValidationTaskConfig(fn_kwargs={"datasets": list(datasets), **score_kwargs}),
+                            ray_remote_kwargs={"num_cpus": num_cpus, "num_gpus": num_gpus})
+
+
+class CheckpointEvaluator:
+    """Scores checkpoint directories one after another and remembers the results (use via `start_evaluator`)."""
+
+    def __init__(self, datasets: list[str], **score_kwargs):
+        self.datasets = list(datasets)
+        self.score_kwargs = score_kwargs
+        _dev_sets(self.datasets, score_kwargs.get("split", "test"), score_kwargs.get("max_queries"),
+                  score_kwargs.get("eval_dir"))  # load (and build) the dev sets once, up front
+        self._history: list[dict] = []
+
+    def score(self, checkpoint_dir: str, step: int | None = None) -> dict[str, float]:
+        metrics = score_checkpoint(checkpoint_dir, self.datasets, **self.score_kwargs)
+        if step is not None:
+            metrics["checkpoint_step"] = float(step)
+        self._history.append({"checkpoint": str(checkpoint_dir), "metrics": metrics})
+        return metrics
+
+    def history(self) -> list[dict]:
+        return list(self._history)
+
+    def best(self, metric: str = "dev_ndcg_at_10") -> dict | None:
+        scored = [h for h in self._history if metric in h["metrics"]]
+        return max(scored, key=lambda h: h["metrics"][metric]) if scored else None
+
+
+def start_evaluator(datasets: list[str], *, num_cpus: float = 0.5, num_gpus: float = 0, **score_kwargs):
+    """A `CheckpointEvaluator` Ray actor; `.score.remote(dir)` queues a checkpoint and returns at once."""
+    import ray
+
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(CheckpointEvaluator).remote(list(datasets),
+                                                                                      **score_kwargs)

@@ -1,0 +1,93 @@
+"""CLI commands `evaluate` and `build-evals`; `register(app)` adds them to the main typer app.
+
+    revela build-evals --out .cache/evals --which stdlib-code,pyfaq
+    revela evaluate --model all-minilm-l6-v2 --dataset .cache/evals/stdlib-code --dataset pyfaq \
+        --output results/minilm.json --bm25
+    revela evaluate --model runs/r1/checkpoint_000003 --dataset stdlib-code --output results/ckpt3.json \
+        --baseline-model smollm2-135m
+    revela evaluate --dataset stdlib-code --output results/bm25.json --bm25        # BM25 only
+
+Exit status 2 for unusable input (bad dataset, model or checkpoint), with the reason on stderr.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def evaluate_cmd(
+    dataset: Annotated[list[str], typer.Option("--dataset", "-d", help="BEIR directory or suite name "
+                                                "(stdlib-code, pyfaq); repeat for several")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="report JSON; run files go to <stem>.runs/")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="alias, model folder, training checkpoint "
+                                                  "or export; leave out with --bm25 for BM25 only")] = None,
+    bm25: Annotated[bool, typer.Option("--bm25", help="add BM25 baselines (plain and identifier-split)")] = False,
+    baseline_model: Annotated[Optional[str], typer.Option(help="also score this untrained backbone")] = None,
+    split: Annotated[str, typer.Option(help="qrels split")] = "test",
+    batch_size: Annotated[int, typer.Option(help="texts per forward pass")] = 64,
+    max_length: Annotated[Optional[int], typer.Option(help="override the protocol's max length")] = None,
+    k: Annotated[int, typer.Option(help="documents retrieved per query")] = 100,
+    index: Annotated[str, typer.Option(help="FAISS factory string; Flat = exact")] = "Flat",
+    index_params: Annotated[Optional[str], typer.Option(help="FAISS search parameters, e.g. nprobe=32")] = None,
+    encoder: Annotated[str, typer.Option(help="auto, local or ray (actor pool)")] = "auto",
+    num_actors: Annotated[Optional[int], typer.Option(help="encoder actors for --encoder ray")] = None,
+    max_queries: Annotated[Optional[int], typer.Option(help="sample at most this many queries per dataset")] = None,
+    eval_dir: Annotated[Optional[Path], typer.Option(help="where suite datasets are built")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bars")] = False,
+) -> None:
+    """Score a model (plus optional baselines) on retrieval datasets: JSON report, TREC runs, a table."""
+    from revela.evaluation.beir import DatasetError
+    from revela.evaluation.run import ModelLoadError, evaluate
+
+    if encoder == "ray":
+        import ray
+
+        if not ray.is_initialized():
+            ray.init()  # attaches to RAY_ADDRESS / a running cluster, else starts a local one
+    try:
+        evaluate(model, dataset, output, bm25=bm25, baseline_model=baseline_model, split=split,
+                 batch_size=batch_size, max_length=max_length, k=k, index=index, index_params=index_params,
+                 encoder=encoder, num_actors=num_actors, max_queries=max_queries, eval_dir=eval_dir,
+                 progress=not no_progress)
+    except (DatasetError, ModelLoadError, ValueError) as e:  # bad input: say why, no traceback
+        _fail(str(e))
+    typer.echo(f"wrote {output}")
+
+
+def build_evals_cmd(
+    out: Annotated[Optional[Path], typer.Option(help="output folder (default $REVELA_CACHE/evals or "
+                                                "<repo>/.cache/evals)")] = None,
+    which: Annotated[str, typer.Option(help="comma-separated: stdlib-code,pyfaq")] = "stdlib-code,pyfaq",
+    html_root: Annotated[Path, typer.Option(help="python3.11-doc HTML root (for pyfaq)")] = Path(
+        "/usr/share/doc/python3.11/html"),
+    force: Annotated[bool, typer.Option(help="rebuild even if an identical build exists")] = False,
+) -> None:
+    """Build the offline evaluation suite (BEIR layout) deterministically, with content hashes."""
+    import json
+
+    from revela.evaluation.beir import MANIFEST, DatasetError
+    from revela.evaluation.suite import build_suite
+
+    names = [w.strip() for w in which.split(",") if w.strip()]
+    try:
+        built = build_suite(out, names, html_root=html_root, force=force)
+    except (DatasetError, ValueError) as e:
+        _fail(str(e))
+    for name, path in built.items():
+        manifest = json.loads((path / MANIFEST).read_text())
+        typer.echo(f"{name}: {path}  queries={manifest['counts']['queries']} docs={manifest['counts']['docs']} "
+                   f"{manifest['content_hash']}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `evaluate` and `build-evals` to `app`."""
+    app.command("evaluate")(evaluate_cmd)
+    app.command("build-evals")(build_evals_cmd)

@@ -1,0 +1,364 @@
+"""Score a model on BEIR-layout datasets: the report JSON, TREC run files and a printed table.
+
+    from revela.evaluation.run import evaluate
+    report = evaluate("all-minilm-l6-v2", ["stdlib-code", "/data/beir/scifact"], "out/minilm.json", bm25=True)
+
+`model` is anything `Retriever.load` accepts: an offline asset alias ("all-minilm-l6-v2", "smollm2-135m"), a
+local model folder, a training checkpoint directory (`revela_checkpoint.json` + `retriever/`), an exported
+folder, or (online only) a hub id. It is encoded with the protocol that travels with it. `model=None` with
+`bm25=True` gives a BM25-only report. A dataset is a BEIR directory or a suite name ("stdlib-code", "pyfaq",
+built into `eval_dir` on first use).
+
+Report (`SCHEMA`)::
+
+    {"schema": "revela.evaluation/v1", "created": ISO time, "wall_time_s": float,
+     "model": {"name", "path", "checkpoint_step" (int or null), "protocol": {pooling, prefixes, max_length, ...}},
+     "settings": {"split", "k", "index", "index_params", "batch_size", "max_length", "encoder",
+                  "ignore_identical_ids", "max_queries"},
+     "versions": {"python", "revela-platform", "torch", "transformers", "ray", "faiss", "bm25s",
+                  "pytrec-eval-terrier", "numpy"},
+     "datasets": {NAME: {"ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100", "main_score" (= ndcg_at_10),
+                         "ndcg_at_10_ci95": [lo, hi], "num_queries", "num_docs", "content_hash", "path", "split",
+                         "domain", "skipped": {issue: count}, "run_file": path or null,
+                         "timing_s": {"encode", "search", "metrics"},
+                         "baselines": {"bm25": {metrics..., "run_file"}, "bm25_ident_split": {...},
+                                       "backbone": {"model": name, metrics..., "run_file"}}}},
+     "average": {"datasets": [NAME, ...], "ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100", "main_score"}}
+
+When `model` is None the dataset entries hold BM25 (identifier-split BM25 on code datasets) at the top level,
+and `model` is null. Run files go to `<output without .json>.runs/<dataset>[.<baseline>].trec`
+(`qid Q0 docid rank score tag`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import platform as _platform
+import re
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from revela.evaluation.beir import BeirDataset, load_beir
+from revela.evaluation.encode import encode_local
+from revela.evaluation.metrics import MAIN_SCORE, aggregate, bootstrap_ci, per_query
+from revela.evaluation.search import EXACT, search, to_run
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "revela.evaluation/v1"
+METRIC_KEYS = ("ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100", "main_score")
+Encoder = Literal["auto", "local", "ray"]
+
+
+class ModelLoadError(ValueError):
+    """A model or checkpoint that cannot be used as a retriever; the message says why."""
+
+
+# --------------------------------------------------------------------------------------------------- models
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """`step` from a training checkpoint's revela_checkpoint.json, if there is one."""
+    from revela.retriever import CHECKPOINT_MARKER
+
+    marker = Path(path, CHECKPOINT_MARKER)
+    if not marker.is_file():
+        return None
+    try:
+        step = json.loads(marker.read_text()).get("step")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ModelLoadError(f"{marker}: not a JSON object ({e})") from None
+    return int(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else None
+
+
+def resolve_model_path(model: str) -> str:
+    """A local path for `model` (asset aliases are built), checked for the files a retriever needs."""
+    from revela.assets import resolve_model
+    from revela.retriever import CHECKPOINT_MARKER
+
+    try:
+        path = resolve_model(str(model))
+    except (ValueError, FileNotFoundError) as e:
+        raise ModelLoadError(str(e)) from None
+    p = Path(path)
+    if p.is_dir():
+        inner = p / "retriever" if (p / CHECKPOINT_MARKER).is_file() else p
+        if (p / CHECKPOINT_MARKER).is_file() and not inner.is_dir():
+            raise ModelLoadError(f"{p} has {CHECKPOINT_MARKER} but no retriever/ folder: an incomplete checkpoint")
+        if not ((inner / "config.json").is_file() or (inner / "adapter_config.json").is_file()):
+            raise ModelLoadError(f"{inner}: no config.json or adapter_config.json; not a model, export or "
+                                 f"training checkpoint directory")
+    return path
+
+
+def load_retriever(model: str, max_length: int | None = None, dtype: str | None = None):
+    """`Retriever.load` with clear errors for incompatible folders, the protocol's max_length overridden if asked."""
+    import torch
+
+    from revela.retriever import Retriever
+
+    path = resolve_model_path(model)
+    try:
+        retriever = Retriever.load(path, dtype=getattr(torch, dtype) if dtype else None)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelLoadError(f"{model}: cannot load as a retriever: {e}") from e
+    vocab = len(retriever.tokenizer)
+    emb = retriever.backbone.get_input_embeddings()
+    if emb is not None and vocab > emb.num_embeddings:
+        raise ModelLoadError(f"{model}: incompatible tokenizer and weights: the tokenizer has {vocab} tokens but the "
+                             f"model's embedding table only {emb.num_embeddings} rows")
+    if max_length:
+        retriever.protocol = retriever.protocol.model_copy(update={"max_length": int(max_length)})
+    if torch.cuda.is_available():
+        retriever.to("cuda")
+    return retriever
+
+
+# ------------------------------------------------------------------------------------------------- datasets
+
+
+def load_datasets(datasets, split: str = "test", eval_dir: str | Path | None = None,
+                  max_queries: int | None = None) -> list[BeirDataset]:
+    """BeirDatasets from directories, suite names or ready BeirDataset objects; names must be unique."""
+    from revela.evaluation.suite import resolve_dataset
+
+    out = []
+    for d in datasets:
+        ds = d if isinstance(d, BeirDataset) else load_beir(resolve_dataset(d, eval_dir), split=split)
+        out.append(ds.subset(max_queries))
+    names = [d.name for d in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"two datasets share the name(s) {dupes} (the directory name); rename one directory")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- dense
+
+
+def _encode_all(model: str, datasets: list[BeirDataset], encoder: str, batch_size: int, max_length: int | None,
+                progress: bool, num_actors: int | None, dtype: str | None):
+    """(protocol dict, [(query emb, doc emb)] per dataset, encode seconds per dataset)."""
+    import ray
+
+    if encoder == "auto":
+        encoder = "ray" if ray.is_initialized() else "local"
+    if encoder == "local":
+        retriever = load_retriever(model, max_length, dtype)
+        embs, secs = [], []
+        for ds in datasets:
+            t = time.perf_counter()
+            d = encode_local(retriever, ds.doc_texts(), "passage", batch_size, progress, f"{ds.name} docs")
+            q = encode_local(retriever, ds.query_texts(), "query", batch_size, progress, f"{ds.name} queries")
+            embs.append((q, d))
+            secs.append(time.perf_counter() - t)
+        return retriever.protocol.model_dump(), embs, secs, "local"
+    if encoder != "ray":
+        raise ValueError(f"encoder must be auto, local or ray, got {encoder!r}")
+    from revela.evaluation.encode import encode_ray
+    from revela.protocol import EncodingProtocol
+    from revela.retriever import CHECKPOINT_MARKER, native_protocol
+
+    path = resolve_model_path(model)
+    # the protocol the model travels with, read here so the report states it and max_length can be overridden
+    from transformers import AutoConfig
+
+    inner = Path(path, "retriever") if Path(path, CHECKPOINT_MARKER).is_file() else Path(path)
+    protocol = EncodingProtocol.load(inner) if (inner / "adapter_config.json").is_file() else \
+        native_protocol(str(inner), AutoConfig.from_pretrained(inner))
+    if protocol is None:
+        raise ModelLoadError(f"{inner} has LoRA adapters but no revela_protocol.json")
+    if max_length:
+        protocol = protocol.model_copy(update={"max_length": int(max_length)})
+    t = time.perf_counter()
+    out = encode_ray(path, {"passage": [text for ds in datasets for text in ds.doc_texts()],
+                            "query": [text for ds in datasets for text in ds.query_texts()]},
+                     protocol=protocol.model_dump(), batch_size=batch_size, num_actors=num_actors, dtype=dtype,
+                     progress=progress)
+    total = time.perf_counter() - t
+    embs, d0, q0 = [], 0, 0
+    n_all = sum(len(ds.corpus) + len(ds.queries) for ds in datasets)
+    secs = []
+    for ds in datasets:
+        nd, nq = len(ds.corpus), len(ds.queries)
+        embs.append((out["query"][q0: q0 + nq], out["passage"][d0: d0 + nd]))
+        secs.append(total * (nd + nq) / max(n_all, 1))  # one pass for all sets: time shared by size
+        d0, q0 = d0 + nd, q0 + nq
+    return protocol.model_dump(), embs, secs, "ray"
+
+
+def _score(ds: BeirDataset, run: dict, ignore_identical_ids: bool) -> dict:
+    values = per_query(ds.qrels, run, ignore_identical_ids)
+    scores = aggregate(values)
+    scores["main_score"] = scores[MAIN_SCORE]
+    scores["ndcg_at_10_ci95"] = list(bootstrap_ci(list(values[MAIN_SCORE].values())))
+    return scores
+
+
+def _tag(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:80] or "run"
+
+
+def write_trec(path: Path, run: dict[str, dict[str, float]], tag: str) -> None:
+    """A TREC run file: `qid Q0 docid rank score tag`, ranked like trec_eval ranks (score desc, doc id desc)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for qid, docs in run.items():
+            ranked = sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+            for rank, (did, score) in enumerate(ranked, start=1):
+                f.write(f"{qid} Q0 {did} {rank} {score:.9g} {tag}\n")  # .9g round-trips float32
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": _platform.python_version()}
+    for dist in ("revela-platform", "torch", "transformers", "ray", "faiss-cpu", "bm25s", "pytrec-eval-terrier",
+                 "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    try:
+        import faiss
+
+        out["faiss"] = faiss.__version__
+    except ImportError:
+        out["faiss"] = None
+    out.pop("faiss-cpu", None)
+    return out
+
+
+def evaluate(model: str | None, datasets, output: str | Path | None = None, *, bm25: bool = False,
+             baseline_model: str | None = None, split: str = "test", batch_size: int = 64,
+             max_length: int | None = None, k: int = 100, index: str = EXACT, index_params: str | None = None,
+             shard_size: int | None = None, encoder: Encoder = "auto", num_actors: int | None = None,
+             dtype: str | None = None, ignore_identical_ids: bool = True, max_queries: int | None = None,
+             eval_dir: str | Path | None = None, progress: bool = True, show_table: bool = True) -> dict:
+    """Score `model` (and the asked-for baselines) on `datasets`; write `output` and its run files; the report."""
+    if model is None and not bm25:
+        raise ValueError("nothing to evaluate: give a model, or bm25=True for a BM25-only report")
+    start = time.perf_counter()
+    sets = load_datasets(datasets, split, eval_dir, max_queries)
+    runs_dir = Path(output).with_name(Path(output).stem + ".runs") if output else None
+    report: dict = {
+        "schema": SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": None,
+        "settings": {"split": split, "k": k, "index": index, "index_params": index_params, "batch_size": batch_size,
+                     "max_length": max_length, "encoder": encoder, "ignore_identical_ids": ignore_identical_ids,
+                     "max_queries": max_queries},
+        "versions": _versions(),
+        "datasets": {},
+    }
+    entries = {ds.name: {"num_queries": len(ds.queries), "num_docs": len(ds.corpus), "content_hash": ds.content_hash,
+                         "path": str(Path(ds.path).resolve()), "split": ds.split, "domain": ds.domain, "skipped": ds.issues,
+                         "run_file": None, "baselines": {}} for ds in sets}
+
+    def dense(name: str):
+        protocol, embs, secs, used = _encode_all(name, sets, encoder, batch_size, max_length, progress, num_actors,
+                                                 dtype)
+        results = []
+        for ds, (q, d), enc_s in zip(sets, embs, secs):
+            t = time.perf_counter()
+            scores, idx = search(q, d, k=k, index=index, params=index_params, shard_size=shard_size)
+            run = to_run(ds.query_ids, ds.doc_ids, scores, idx)
+            search_s = time.perf_counter() - t
+            t = time.perf_counter()
+            metrics = _score(ds, run, ignore_identical_ids)
+            metrics["timing_s"] = {"encode": round(enc_s, 3), "search": round(search_s, 3),
+                                   "metrics": round(time.perf_counter() - t, 3)}
+            results.append((run, metrics))
+        return protocol, results, used
+
+    if model is not None:
+        path = resolve_model_path(model)
+        protocol, results, used = dense(model)
+        report["model"] = {"name": str(model), "path": str(Path(path).resolve()) if Path(path).exists() else path,
+                           "checkpoint_step": checkpoint_step(path), "protocol": protocol}
+        report["settings"]["encoder"] = used
+        for ds, (run, metrics) in zip(sets, results):
+            entries[ds.name].update(metrics)
+            if runs_dir:
+                f = runs_dir / f"{ds.name}.trec"
+                write_trec(f, run, _tag(str(model)))
+                entries[ds.name]["run_file"] = str(f)
+    if baseline_model is not None:
+        _, results, _ = dense(baseline_model)
+        for ds, (run, metrics) in zip(sets, results):
+            base = {"model": str(baseline_model), **metrics, "run_file": None}
+            if runs_dir:
+                f = runs_dir / f"{ds.name}.backbone.trec"
+                write_trec(f, run, _tag(str(baseline_model)))
+                base["run_file"] = str(f)
+            entries[ds.name]["baselines"]["backbone"] = base
+    if bm25:
+        from revela.evaluation.baselines import bm25_run
+
+        for ds in sets:
+            for key, ident in (("bm25", False), ("bm25_ident_split", True)):
+                t = time.perf_counter()
+                run = bm25_run(ds, k=k, ident_split=ident)
+                base = {**_score(ds, run, ignore_identical_ids), "seconds": round(time.perf_counter() - t, 3),
+                        "run_file": None}
+                if runs_dir:
+                    f = runs_dir / f"{ds.name}.{key}.trec"
+                    write_trec(f, run, key)
+                    base["run_file"] = str(f)
+                entries[ds.name]["baselines"][key] = base
+            if model is None:  # BM25-only report: the right BM25 variant for the domain is the headline
+                best = "bm25_ident_split" if ds.domain == "code" else "bm25"
+                entries[ds.name].update({m: entries[ds.name]["baselines"][best][m]
+                                         for m in (*METRIC_KEYS, "ndcg_at_10_ci95")})
+                entries[ds.name]["run_file"] = entries[ds.name]["baselines"][best]["run_file"]
+    first = (*METRIC_KEYS, "ndcg_at_10_ci95", "num_queries", "num_docs", "content_hash")
+    report["datasets"] = {name: {**{k: e[k] for k in first if k in e}, **{k: v for k, v in e.items() if k not in first}}
+                          for name, e in entries.items()}
+    report["average"] = {"datasets": [ds.name for ds in sets],
+                         **{m: float(np.mean([e[m] for e in report["datasets"].values()])) for m in METRIC_KEYS}}
+    report["wall_time_s"] = round(time.perf_counter() - start, 3)
+    if output:
+        out = Path(output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(tmp, out)
+    if show_table:
+        print_table(report)
+    return report
+
+
+def print_table(report: dict, file=None) -> None:
+    """A rich table: one row per (dataset, system) with nDCG@10, R@100, MRR@10, MAP@100."""
+    from rich.console import Console
+    from rich.table import Table
+
+    model = report.get("model") or {}
+    title = f"{model.get('name', 'BM25 only')}" + (f" (step {model['checkpoint_step']})"
+                                                   if model.get("checkpoint_step") is not None else "")
+    table = Table(title=title)
+    for col in ("dataset", "system", "queries", "docs", "nDCG@10", "95% CI", "R@100", "MRR@10", "MAP@100"):
+        table.add_column(col, justify="left" if col in ("dataset", "system") else "right")
+
+    def row(name, system, e, d):
+        ci = e.get("ndcg_at_10_ci95")
+        table.add_row(name, system, str(d["num_queries"]), str(d["num_docs"]), f"{e['ndcg_at_10']:.4f}",
+                      f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "", f"{e['recall_at_100']:.4f}",
+                      f"{e['mrr_at_10']:.4f}", f"{e['map_at_100']:.4f}")
+
+    for name, d in report["datasets"].items():
+        if report.get("model"):  # in a BM25-only report the headline is one of the baseline rows below
+            row(name, "model", d, d)
+        for key, base in d.get("baselines", {}).items():
+            row(name, key if key != "backbone" else f"backbone {base['model']}", base, d)
+    avg = report.get("average", {})
+    if len(report["datasets"]) > 1 and avg:
+        table.add_row("average", "model" if report.get("model") else "bm25 (domain)", "", "", f"{avg['ndcg_at_10']:.4f}", "",
+                      f"{avg['recall_at_100']:.4f}", f"{avg['mrr_at_10']:.4f}", f"{avg['map_at_100']:.4f}")
+    Console(file=file or sys.stdout, width=140).print(table)

@@ -1,0 +1,82 @@
+"""The Ray paths: Ray Data actor-pool encoding matches in-process encoding; an evaluator actor scores async."""
+
+import os
+
+for _k, _v in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+               "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
+    os.environ.setdefault(_k, _v)
+
+import pytest
+import ray
+
+from revela.evaluation.actors import start_evaluator
+from revela.evaluation.beir import write_beir
+from revela.evaluation.run import evaluate, resolve_model_path
+
+pytestmark = pytest.mark.slow
+MODEL = "all-minilm-l6-v2"
+WORDS = "retrieval dense vector index query passage encoder model token batch actor cluster".split()
+# lengths vary a lot, so the length-sorted blocks and batches differ in padding
+CORPUS = {f"d{i}": ("", " ".join(WORDS[(i + j) % len(WORDS)] for j in range(3 + 7 * i))) for i in range(14)}
+QUERIES = {f"q{i}": " ".join(WORDS[(2 * i + j) % len(WORDS)] for j in range(2 + i)) for i in range(6)}
+QRELS = {f"q{i}": {f"d{i}": 1, f"d{i + 3}": 1} for i in range(6)}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_beir(tmp_path_factory.mktemp("ray") / "synthetic", CORPUS, QUERIES, QRELS)
+
+
+def read_trec(path):
+    run = {}
+    for line in open(path):
+        qid, _, did, _, score, _ = line.split()
+        run.setdefault(qid, {})[did] = float(score)
+    return run
+
+
+@pytest.fixture(scope="module")
+def local(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "local.json"
+    return evaluate(MODEL, [str(data)], out, encoder="local", batch_size=4, progress=False, show_table=False)
+
+
+def test_actor_pool_encoder_matches_in_process(cluster, data, local, tmp_path):
+    pooled = evaluate(MODEL, [str(data)], tmp_path / "ray.json", encoder="ray", batch_size=4, num_actors=2,
+                      progress=False, show_table=False)
+    assert pooled["settings"]["encoder"] == "ray" and local["settings"]["encoder"] == "local"
+    assert pooled["model"]["protocol"] == local["model"]["protocol"]
+    a = read_trec(local["datasets"]["synthetic"]["run_file"])
+    b = read_trec(pooled["datasets"]["synthetic"]["run_file"])
+    assert a.keys() == b.keys() == QUERIES.keys()
+    for q in a:  # every query-doc cosine agrees: queries and passages were encoded identically
+        assert a[q].keys() == b[q].keys() == CORPUS.keys()
+        assert all(abs(a[q][d] - b[q][d]) < 1e-5 for d in a[q])
+    for m in ("ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100"):
+        assert pooled["datasets"]["synthetic"][m] == pytest.approx(local["datasets"]["synthetic"][m])
+
+
+def test_evaluator_actor_scores_asynchronously(cluster, data, local):
+    model_dir = resolve_model_path(MODEL)
+    scorer = start_evaluator([str(data)], num_cpus=0.5)
+    refs = [scorer.score.remote(model_dir, step=s) for s in (10, 20)]  # returns at once; the actor works on them
+    assert all(isinstance(r, ray.ObjectRef) for r in refs)
+    results = ray.get(refs, timeout=300)
+    assert [r["checkpoint_step"] for r in results] == [10.0, 20.0]
+    for r in results:  # the actor scores exactly what the in-process evaluation of the same model scores
+        for m in ("ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100"):
+            assert r[f"dev_{m}"] == pytest.approx(local["datasets"]["synthetic"][m])
+            assert r[f"synthetic/{m}"] == r[f"dev_{m}"]
+    best = ray.get(scorer.best.remote("dev_ndcg_at_10"))
+    assert best["checkpoint"] == model_dir and len(ray.get(scorer.history.remote())) == 2
+    ray.kill(scorer)
