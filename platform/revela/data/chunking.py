@@ -6,7 +6,7 @@ Rules (every chunk satisfies all that apply):
   `len(tokenizer(text, add_special_tokens=False).input_ids)` and it is checked on the final chunk text.
   Without one, `estimate_tokens` is used: every run of letters counts ceil(len/6), every digit,
   underscore and other non-space character counts 1. On the CPython stdlib this over-counts BERT
-  WordPiece by ~8 % on prose and ~1 % on code, and SmolLM2's BPE by ~20 % and ~4 %, so estimated caps
+  WordPiece by ~8 % on prose and <1 % on code, and SmolLM2's BPE by ~22 % and ~4 %, so estimated caps
   rarely overflow the real tokenizer, but only a tokenizer makes the cap exact.
   The model side still truncates at its own max length, which also holds the "query: "/"passage: "
   prefix and EOS; pick `max_tokens` a few tokens below it if no truncation at all is wanted.

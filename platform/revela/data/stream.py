@@ -31,7 +31,7 @@ Train workers at `resources_per_worker={"CPU": 0.5}` runs; with `read_parquet` t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -94,25 +94,39 @@ class TokenizeGroups:
 
 
 class ReadAndTokenize(TokenizeGroups):
-    """`map_batches` UDF over read units (`path`, `row_group`): reads each row group, then tokenizes it."""
+    """`map_batches` UDF over read units (`path`, `row_group`): reads each row group, drops the groups in
+    `exclude` (e.g. held-out groups), then tokenizes the rest."""
+
+    def __init__(self, tokenizer_kwargs: dict[str, Any], first_half: bool | None = None,
+                 factory: Callable[..., Any] | None = None, exclude: Collection[int] = ()):
+        super().__init__(tokenizer_kwargs, first_half, factory)
+        self._exclude = frozenset(int(i) for i in exclude)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        tables = [pq.ParquetFile(str(path)).read_row_group(int(rg), columns=SHARD_COLUMNS)
-                  for path, rg in zip(batch["path"], batch["row_group"])]
-        rows = pa.concat_tables(tables).to_pydict()
-        return super().__call__(rows)
+        table = pa.concat_tables([pq.ParquetFile(str(path)).read_row_group(int(rg), columns=SHARD_COLUMNS)
+                                  for path, rg in zip(batch["path"], batch["row_group"])])
+        if self._exclude:
+            keep = pc.invert(pc.is_in(table["group_index"], value_set=pa.array(sorted(self._exclude), pa.int64())))
+            table = table.filter(keep)
+        return super().__call__(table.to_pydict())
 
 
-def read_units(shard_dir: str) -> list[dict[str, Any]]:
-    """One item per Parquet row group of the prepared shards, in shard order."""
+def read_units(shard_dir: str, exclude: Collection[int] = ()) -> list[dict[str, Any]]:
+    """One item per Parquet row group of the prepared shards, in shard order; row groups whose groups are
+    all in `exclude` are left out (so no call ever tokenizes an empty batch)."""
     import pyarrow.parquet as pq
 
+    excluded = frozenset(int(i) for i in exclude)
     units = []
     for path in shard_paths(shard_dir):
-        for rg in range(pq.ParquetFile(path).num_row_groups):
+        pf = pq.ParquetFile(path)
+        for rg in range(pf.num_row_groups):
+            if excluded and excluded.issuperset(pf.read_row_group(rg, columns=["group_index"])["group_index"].to_pylist()):
+                continue
             units.append({"path": path, "row_group": rg})
     return units
 
@@ -123,6 +137,7 @@ def build_stream(
     *,
     first_half: bool | None = None,
     factory: Callable[..., Any] | None = None,
+    exclude: Collection[int] = (),
     concurrency: int = 1,
     num_cpus: float = 0.5,
 ):
@@ -131,16 +146,21 @@ def build_stream(
     `tokenizer_kwargs` go to `GroupTokenizer.from_names` (retriever_name, lm_name, protocol, lm_max_length,
     first_half_ratio) or to `factory`. Each call of the actor pool (`concurrency` actors, `num_cpus` CPUs
     each) reads and tokenizes one row group of the shards (`revela.data.shards.ROW_GROUP_ROWS` groups).
+    `exclude`: group indices left out of the stream (held-out groups). Filter here rather than with
+    `Dataset.filter`, which adds a task stage needing a whole CPU (the deadlock again).
     """
     import ray.data
 
-    units = read_units(shard_dir)
+    units = read_units(shard_dir, exclude)
+    if not units:
+        raise ValueError(f"{shard_dir}: no groups left to stream after excluding {len(exclude)}")
     return ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
         ReadAndTokenize,
-        fn_constructor_kwargs={"tokenizer_kwargs": tokenizer_kwargs, "first_half": first_half, "factory": factory},
+        fn_constructor_kwargs={"tokenizer_kwargs": tokenizer_kwargs, "first_half": first_half, "factory": factory,
+                               "exclude": sorted(int(i) for i in exclude)},
         batch_size=1,
         batch_format="numpy",
-        concurrency=concurrency,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_cpus=num_cpus,
     )
 

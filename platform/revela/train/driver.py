@@ -53,7 +53,9 @@ def ensure_ray(address: str | None) -> None:
         return
     ray_environment()
     runtime_env = {"env_vars": worker_env()}
-    if address:
+    if not address and os.environ.get("RAY_ADDRESS"):  # a driver started by `ray job submit`
+        ray.init()  # the job's own runtime_env (working dir, env vars) applies
+    elif address:
         ray.init(address=address, runtime_env=runtime_env)
     else:
         # Logical CPUs above the physical count: on small machines Ray Data's tasks otherwise never get a CPU

@@ -1,0 +1,68 @@
+"""Every shipped config loads; typos and wrong types are errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+
+from revela.config import RunConfig
+from revela.configbase import ConfigError, load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "jobs" / "configs").glob("*.yaml"))
+
+
+def test_configs_are_shipped():
+    assert {p.stem for p in CONFIGS} >= {"smoke-cpu", "paper", "gpu-offline"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_config_validates(path):
+    cfg = load_config(RunConfig, path)
+    assert cfg.name
+    assert cfg.data.group_size >= 2
+
+
+def test_paper_config_is_the_papers_recipe():
+    cfg = load_config(RunConfig, next(p for p in CONFIGS if p.stem == "paper"))
+    for part in (cfg.model.retriever, cfg.model.lm):
+        assert (part.finetune, part.lora.r, part.lora.alpha, part.lora.target_modules) == ("lora", 256, 64, "all-linear")
+    assert cfg.model.objective.temperature == 1e-4
+    assert (cfg.data.group_size, cfg.model.lm.max_length, cfg.train.lr, cfg.train.warmup_steps) == (16, 160, 1e-4, 100)
+    assert cfg.train.precision == "bf16"
+
+
+def test_unknown_key_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  max_stpes: 3\n")
+    with pytest.raises(ConfigError, match=r"train\.max_stpes: unknown key"):
+        load_config(RunConfig, bad)
+
+
+def test_wrong_type_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  objective:\n    temperature: warm\n")
+    with pytest.raises(ConfigError, match=r"model\.objective\.temperature"):
+        load_config(RunConfig, bad)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(RunConfig, tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(RunConfig, broken)
+
+
+def test_overrides_and_partial_sections_keep_other_defaults(tmp_path):
+    cfg = load_config(RunConfig, None, ["model.lm.finetune=full", "train.max_steps=7"])
+    defaults = RunConfig()
+    assert cfg.model.lm.finetune == "full" and cfg.train.max_steps == 7
+    assert cfg.model.lm.max_length == defaults.model.lm.max_length  # the rest of the section is untouched
+    assert cfg.model.objective.temperature == defaults.model.objective.temperature
+    with pytest.raises(ConfigError, match="must look like"):
+        load_config(RunConfig, None, ["train.max_steps"])
+
+
+def test_group_size_one_is_refused():
+    with pytest.raises(ConfigError, match="group_size"):
+        load_config(RunConfig, None, ["data.group_size=1"])

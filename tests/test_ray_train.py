@@ -1,0 +1,133 @@
+"""The main job on Ray Train with tiny models: DDP on 2 CPU workers, checkpoints, resume, guards, failures.
+
+One local Ray cluster for the module; each test uses its own run name under tmp storage.
+"""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import ray
+import sysconfig
+
+from revela.config import RunConfig
+from revela.configbase import load_config
+from revela.data.prepare import prepare
+from revela.train.checkpoint import is_complete
+from revela.train.driver import RunConflictError, TrainingStoppedError, run
+from tiny import tiny_encoder, tiny_lm, tokenizer
+
+pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    from revela.train.driver import ensure_ray
+
+    ensure_ray(None)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """Tiny retriever and LM saved to disk (the workers load models by name), and prepared real-code groups."""
+    root = tmp_path_factory.mktemp("assets")
+    tok = tokenizer()
+    for name, model in (("retriever", tiny_encoder()), ("lm", tiny_lm())):
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    json_pkg = Path(sysconfig.get_paths()["stdlib"]) / "json"
+    prepare([str(json_pkg)], root / "shards", group_size=4, grouping="adjacent", max_words=24, max_tokens=32,
+            progress=False, quiet=True)
+    return root
+
+
+def config(assets, tmp_path, name, **train):
+    return load_config(RunConfig, None, [
+        f"name={name}",
+        f"model.retriever.name={assets / 'retriever'}", "model.retriever.pooling=mean", "model.retriever.max_length=32",
+        f"model.lm.name={assets / 'lm'}", "model.lm.finetune=full", "model.lm.max_length=32",
+        "model.objective.temperature=0.05",
+        f"data.shards={assets / 'shards'}", "data.group_size=4",
+        "ray.num_workers=2", "ray.cpus_per_worker=1", f"ray.storage_path={tmp_path}", "ray.max_failures=2",
+        *[f"train.{k}={v}" for k, v in {"max_steps": 4, "checkpoint_every": 2, "warmup_steps": 1,
+                                          "heldout_groups": 2, "lr": 1e-3, **train}.items()],
+    ])
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    return sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
+
+
+def steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def test_two_worker_run_writes_checkpoints_metrics_and_report(ray_cluster, assets, tmp_path):
+    cfg = config(assets, tmp_path, "two-workers")
+    report = run(cfg)
+    run_dir = tmp_path / "two-workers"
+    ckpts = checkpoints(run_dir)
+    assert len(ckpts) == 2 and all(is_complete(c) for c in ckpts)
+    assert json.loads((ckpts[-1] / "revela_checkpoint.json").read_text())["step"] == 4
+    assert steps(run_dir) == [1, 2, 3, 4]  # rank 0 logs every step once
+    metrics = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("loss", "pass2_loss", "loss_gap", "sim_entropy", "sim_top1_weight", "grad_norm_retriever",
+                "grad_norm_lm", "tokens_per_s", "groups_per_s", "data_wait_fraction"):
+        assert key in metrics, key
+    assert report["heldout"]["after"]["groups"] == 2
+    assert (run_dir / "report.json").is_file() and (run_dir / "loss_curve.png").stat().st_size > 1000
+
+
+def test_finished_or_changed_run_is_refused_unless_asked(ray_cluster, assets, tmp_path):
+    cfg = config(assets, tmp_path, "guarded", max_steps=2)
+    run(cfg)
+    with pytest.raises(RunConflictError, match="already finished"):
+        run(cfg)
+    changed = config(assets, tmp_path, "guarded", max_steps=2, lr=5e-4)
+    with pytest.raises(RunConflictError, match="different config"):
+        run(changed)
+    more = config(assets, tmp_path, "guarded", max_steps=3)
+    run(more, mode="resume")  # continues from the step-2 checkpoint instead of starting over
+    assert steps(tmp_path / "guarded") == [1, 2, 3]
+
+
+def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, assets, tmp_path):
+    cfg = config(assets, tmp_path, "killed", max_steps=6, checkpoint_every=2)
+    run_dir = tmp_path / "killed"
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(report=run(cfg)))
+    thread.start()
+    deadline = time.time() + 300
+    while time.time() < deadline and len(steps(run_dir)) < 3:  # past the step-2 checkpoint
+        time.sleep(0.5)
+    # this test process started the local Ray, so the Train workers are among its descendants
+    workers = [p for p in psutil.Process().children(recursive=True)
+               if " ".join(p.cmdline()).startswith("ray::RayTrainWorker")]
+    assert len(workers) == 2, [p.cmdline() for p in workers]
+    os.kill(workers[1].pid, signal.SIGKILL)
+    thread.join(timeout=360)
+    assert "report" in outcome, "the run did not finish after the worker was killed"
+    logged = steps(run_dir)
+    assert logged[-1] == 6
+    assert len(logged) > len(set(logged))  # steps after the last checkpoint were trained again
+    assert all(is_complete(c) for c in checkpoints(run_dir))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(ray_cluster, assets, tmp_path):
+    # Adam moves every weight by ~lr: at 1e30 the next forward overflows fp32 and the loss is NaN
+    cfg = config(assets, tmp_path, "diverges", max_steps=6, checkpoint_every=1, lr=1e30, max_grad_norm="null",
+                 warmup_steps=0)
+    with pytest.raises(TrainingStoppedError, match="non-finite|is nan|is inf"):
+        run(cfg)
+    ckpts = checkpoints(tmp_path / "diverges")
+    assert ckpts and all(is_complete(c) for c in ckpts)
+    last = json.loads((ckpts[-1] / "revela_checkpoint.json").read_text())
+    assert last["step"] < 6
