@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 
-def bare_encode(path: str, texts: list[str], protocol, batch_size: int) -> tuple[np.ndarray, float]:
+def bare_encode(path: str, texts: list[str], protocol, batch_size: int) -> tuple[np.ndarray, float, float]:
     import torch
     import torch.nn.functional as F
     from transformers import AutoModel, AutoTokenizer
@@ -33,7 +33,7 @@ def bare_encode(path: str, texts: list[str], protocol, batch_size: int) -> tuple
     model = AutoModel.from_pretrained(path).eval()
     order = np.argsort([-len(t) for t in texts], kind="stable")
     out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         for s in range(0, len(texts), batch_size):
             idx = order[s: s + batch_size]
@@ -49,7 +49,7 @@ def bare_encode(path: str, texts: list[str], protocol, batch_size: int) -> tuple
             else:
                 emb = hidden[torch.arange(hidden.shape[0]), m.sum(1) - 1]
             out[idx] = F.normalize(emb, dim=-1).numpy()
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - start, time.process_time() - cpu
 
 
 def main() -> None:
@@ -89,27 +89,31 @@ def main() -> None:
 
         ray.init(address="local", num_cpus=args.ray_num_cpus, include_dashboard=False, log_to_driver=False)
 
-    def run(mode: str) -> tuple[np.ndarray, float]:
+    def run(mode: str) -> tuple[np.ndarray, float, float | None]:
+        """(embeddings, wall seconds, CPU seconds of this process; None for ray, whose work is in the actors)."""
         if mode == "bare":
             return bare_encode(path, texts, protocol, args.batch_size)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         if mode == "local":
             emb = encode_local(retriever, texts, "passage", args.batch_size)
-        else:
-            emb = encode_ray(path, {"passage": texts}, batch_size=args.batch_size, num_actors=args.ray_actors,
-                             cpus_per_actor=args.ray_cpus_per_actor, progress=False)["passage"]
-        return emb, time.perf_counter() - start
+            return emb, time.perf_counter() - start, time.process_time() - cpu
+        emb = encode_ray(path, {"passage": texts}, batch_size=args.batch_size, num_actors=args.ray_actors,
+                         cpus_per_actor=args.ray_cpus_per_actor, progress=False)["passage"]
+        return emb, time.perf_counter() - start, None
 
     # the box is shared: interleave the modes, rotate their order each repeat, compare within a repeat
     times: dict[str, list[float]] = {m: [] for m in modes}
+    cpu_times: dict[str, list[float]] = {m: [] for m in modes}
     ratios: dict[str, list[float]] = {m: [] for m in modes if m != "bare"}
     diffs: dict[str, float] = {}
     for r in range(args.repeats):
         order = modes[r % len(modes):] + modes[: r % len(modes)]
         this, embs = {}, {}
         for mode in order:
-            embs[mode], this[mode] = run(mode)
+            embs[mode], this[mode], cpu = run(mode)
             times[mode].append(round(this[mode], 3))
+            if cpu is not None:
+                cpu_times[mode].append(round(cpu, 3))
         if "bare" in this:
             for mode in ratios:
                 ratios[mode].append(this["bare"] / this[mode])
@@ -117,6 +121,11 @@ def main() -> None:
     for mode in modes:
         best = min(times[mode])
         entry = {"seconds": times[mode], "best_texts_per_s": round(len(texts) / best, 2)}
+        if cpu_times[mode]:
+            entry["cpu_seconds"] = cpu_times[mode]
+            if mode != "bare" and cpu_times.get("bare"):  # less sensitive to other load on a shared box
+                entry["cpu_ratio_vs_bare_median"] = round(
+                    float(np.median(cpu_times["bare"]) / np.median(cpu_times[mode])), 3)
         if mode in ratios and ratios[mode]:
             entry["ratio_vs_bare_per_repeat"] = [round(x, 3) for x in ratios[mode]]
             entry["ratio_vs_bare_median"] = round(float(np.median(ratios[mode])), 3)

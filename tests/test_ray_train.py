@@ -13,14 +13,12 @@ from pathlib import Path
 import psutil
 import pytest
 import ray
-import sysconfig
 
 from revela.config import RunConfig
 from revela.configbase import load_config
-from revela.data.prepare import prepare
 from revela.train.checkpoint import is_complete
 from revela.train.driver import RunConflictError, TrainingStoppedError, run
-from tiny import tiny_encoder, tiny_lm, tokenizer
+from tiny import tiny_run_overrides, write_tiny_run_assets
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
 
@@ -36,29 +34,11 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    """Tiny retriever and LM saved to disk (the workers load models by name), and prepared real-code groups."""
-    root = tmp_path_factory.mktemp("assets")
-    tok = tokenizer()
-    for name, model in (("retriever", tiny_encoder()), ("lm", tiny_lm())):
-        model.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-    json_pkg = Path(sysconfig.get_paths()["stdlib"]) / "json"
-    prepare([str(json_pkg)], root / "shards", group_size=4, grouping="adjacent", max_words=24, max_tokens=32,
-            progress=False, quiet=True)
-    return root
+    return write_tiny_run_assets(tmp_path_factory.mktemp("assets"))
 
 
-def config(assets, tmp_path, name, **train):
-    return load_config(RunConfig, None, [
-        f"name={name}",
-        f"model.retriever.name={assets / 'retriever'}", "model.retriever.pooling=mean", "model.retriever.max_length=32",
-        f"model.lm.name={assets / 'lm'}", "model.lm.finetune=full", "model.lm.max_length=32",
-        "model.objective.temperature=0.05",
-        f"data.shards={assets / 'shards'}", "data.group_size=4",
-        "ray.num_workers=2", "ray.cpus_per_worker=1", f"ray.storage_path={tmp_path}", "ray.max_failures=2",
-        *[f"train.{k}={v}" for k, v in {"max_steps": 4, "checkpoint_every": 2, "warmup_steps": 1,
-                                          "heldout_groups": 2, "lr": 1e-3, **train}.items()],
-    ])
+def config(assets, tmp_path, name, num_workers=2, **train):
+    return load_config(RunConfig, None, tiny_run_overrides(assets, tmp_path, name, num_workers, **train))
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
@@ -87,14 +67,14 @@ def test_two_worker_run_writes_checkpoints_metrics_and_report(ray_cluster, asset
 
 
 def test_finished_or_changed_run_is_refused_unless_asked(ray_cluster, assets, tmp_path):
-    cfg = config(assets, tmp_path, "guarded", max_steps=2)
+    cfg = config(assets, tmp_path, "guarded", num_workers=1, max_steps=2, heldout_groups=0)
     run(cfg)
     with pytest.raises(RunConflictError, match="already finished"):
         run(cfg)
-    changed = config(assets, tmp_path, "guarded", max_steps=2, lr=5e-4)
+    changed = config(assets, tmp_path, "guarded", num_workers=1, max_steps=2, heldout_groups=0, lr=5e-4)
     with pytest.raises(RunConflictError, match="different config"):
         run(changed)
-    more = config(assets, tmp_path, "guarded", max_steps=3)
+    more = config(assets, tmp_path, "guarded", num_workers=1, max_steps=3, heldout_groups=0)
     run(more, mode="resume")  # continues from the step-2 checkpoint instead of starting over
     assert steps(tmp_path / "guarded") == [1, 2, 3]
 
@@ -123,7 +103,7 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, assets, tmp_pat
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(ray_cluster, assets, tmp_path):
     # Adam moves every weight by ~lr: at 1e30 the next forward overflows fp32 and the loss is NaN
-    cfg = config(assets, tmp_path, "diverges", max_steps=6, checkpoint_every=1, lr=1e30, max_grad_norm="null",
+    cfg = config(assets, tmp_path, "diverges", num_workers=1, heldout_groups=0, max_steps=6, checkpoint_every=1, lr=1e30, max_grad_norm="null",
                  warmup_steps=0)
     with pytest.raises(TrainingStoppedError, match="non-finite|is nan|is inf"):
         run(cfg)

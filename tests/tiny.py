@@ -57,3 +57,35 @@ def random_batch(B=4, L=12, vocab=30522, seed=0):
     return {"query_input_ids": ids[:, : L // 2], "query_attention_mask": mask[:, : L // 2],
             "passage_input_ids": ids, "passage_attention_mask": mask,
             "lm_input_ids": ids, "lm_attention_mask": mask}
+
+
+def write_tiny_run_assets(root):
+    """Tiny retriever and LM saved as model folders (runs load models by name) and prepared real-code groups."""
+    import sysconfig
+    from pathlib import Path
+
+    from revela.data.prepare import prepare
+
+    root = Path(root)
+    tok = tokenizer()
+    for name, model in (("retriever", tiny_encoder()), ("lm", tiny_lm())):
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    json_pkg = Path(sysconfig.get_paths()["stdlib"]) / "json"
+    prepare([str(json_pkg)], root / "shards", group_size=4, grouping="adjacent", max_words=24, max_tokens=32,
+            progress=False, quiet=True)
+    return root
+
+
+def tiny_run_overrides(assets, storage, name, num_workers=2, **train):
+    """`key=value` overrides for a RunConfig that trains the tiny assets."""
+    return [
+        f"name={name}",
+        f"model.retriever.name={assets / 'retriever'}", "model.retriever.pooling=mean", "model.retriever.max_length=32",
+        f"model.lm.name={assets / 'lm'}", "model.lm.finetune=full", "model.lm.max_length=32",
+        "model.objective.temperature=0.05",
+        f"data.shards={assets / 'shards'}", "data.group_size=4",
+        f"ray.num_workers={num_workers}", "ray.cpus_per_worker=1", f"ray.storage_path={storage}", "ray.max_failures=2",
+        *[f"train.{k}={v}" for k, v in {"max_steps": 4, "checkpoint_every": 2, "warmup_steps": 1,
+                                          "heldout_groups": 2, "lr": 1e-3, **train}.items()],
+    ]

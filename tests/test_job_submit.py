@@ -1,0 +1,102 @@
+"""`ray job submit` of a training config against a local head: the job succeeds, checkpoints and metrics are
+written, the dashboard answers on 127.0.0.1 without a token (auth explicitly off), and Ray listens on loopback only."""
+
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from tiny import tiny_run_overrides, write_tiny_run_assets
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    return address.is_loopback or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback)
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.status, json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    ports = {"gcs": free_port(), "dashboard": free_port(), "client": free_port(), "agent": free_port()}
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "4", "--node-ip-address", "127.0.0.1",
+           "--port", str(ports["gcs"]), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]),
+           "--ray-client-server-port", str(ports["client"]), "--dashboard-agent-listen-port", str(ports["agent"]),
+           "--disable-usage-stats", "--include-dashboard", "true"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{ports['dashboard']}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            get_json(f"{url}/api/version")
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                pytest.fail("the Ray head did not come up")
+            time.sleep(1)
+    yield {"url": url, "pid": proc.pid, "env": env}
+    os.killpg(proc.pid, signal.SIGTERM)  # only this head's processes, unlike `ray stop`
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_job_submit_trains_and_dashboard_answers_on_loopback(head, tmp_path):
+    assets = write_tiny_run_assets(tmp_path / "assets")
+    storage = tmp_path / "runs"
+    overrides = tiny_run_overrides(assets, storage, "submitted", num_workers=2, max_steps=2, checkpoint_every=1,
+                                   heldout_groups=0)
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({}))
+    submit = [str(BIN / "ray"), "job", "submit", "--address", head["url"], "--working-dir", str(ROOT),
+              "--runtime-env", str(ROOT / "jobs" / "runtime_env.yaml"), "--submission-id", "revela-test-job",
+              "--", "python", "jobs/train.py", "--config", str(config), *overrides]
+    out = subprocess.run(submit, env=head["env"], capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+    status, version = get_json(f"{head['url']}/api/version")  # no bearer token: auth is explicitly disabled
+    assert status == 200 and version["ray_version"]
+    _, jobs = get_json(f"{head['url']}/api/jobs/")
+    job = next(j for j in jobs if j["submission_id"] == "revela-test-job")
+    assert job["status"] == "SUCCEEDED"
+
+    with urllib.request.urlopen(f"{head['url']}/api/train/v2/runs/v1", timeout=10) as r:  # Train state tracking on
+        assert r.status == 200 and "submitted" in r.read().decode()
+
+    run_dir = storage / "submitted"
+    assert len(list(run_dir.glob("checkpoint_*/revela_checkpoint.json"))) == 2
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    assert json.loads((run_dir / "report.json").read_text())["steps"] == 2
+
+    # every listening socket of this head's process tree is on loopback
+    tree = [psutil.Process(head["pid"]), *psutil.Process(head["pid"]).children(recursive=True)]
+    pids = {p.pid for p in tree}
+    listening = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in pids]
+    assert listening
+    assert all(is_loopback(c.laddr.ip) for c in listening), [c.laddr for c in listening]
