@@ -89,6 +89,20 @@ class RayConfig(StrictModel):
     storage_path: str = "runs"
 
 
+class EvalConfig(StrictModel):
+    datasets: list[str] = []
+    """Dev sets scored on every checkpoint while training goes on: BEIR-layout directories or offline suite names
+    (stdlib-code, pyfaq). Empty: no in-training evaluation; checkpoints are kept by recency."""
+    max_queries: int | None = Field(200, ge=1)
+    """Queries sampled per dev set (the corpus stays whole)."""
+    batch_size: int = Field(32, ge=1)
+    max_length: int | None = None
+    num_cpus: float = Field(0.5, ge=0)
+    num_gpus: float = Field(0, ge=0)
+    select_best_by: str = "dev_ndcg_at_10"
+    """The checkpoint metric (higher is better) that decides which checkpoints are kept."""
+
+
 # Embedded defaults are a CPU-sized run (minutes on 2 cores); jobs/configs/paper.yaml is the paper's recipe.
 # MiniLM's cosines spread far wider than a decoder's EOS embeddings, so tau=1e-4 would make Sim one-hot (and
 # the retriever's gradient zero); 0.05 keeps it soft.
@@ -105,6 +119,7 @@ class RunConfig(StrictModel):
     data: DataConfig = CPU_DATA
     train: TrainConfig = CPU_TRAIN
     ray: RayConfig = RayConfig(cpus_per_worker=2)
+    eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
     def _lengths_fit(self) -> "RunConfig":

@@ -85,9 +85,7 @@ def heldout_and_training_data(cfg: RunConfig, run_dir: Path) -> TrainingData:
     tokenizer_kwargs = {"retriever_name": cfg.model.retriever.name, "lm_name": cfg.model.lm.name,
                         "protocol": retriever_protocol_for(cfg.model), "lm_max_length": cfg.model.lm.max_length,
                         "first_half_ratio": cfg.model.objective.first_half_ratio}
-    stream = build_stream(shards, tokenizer_kwargs, first_half=cfg.model.objective.first_half)
-    if held_index:
-        stream = stream.filter(lambda row: int(row["group_index"]) not in held_index)
+    stream = build_stream(shards, tokenizer_kwargs, first_half=cfg.model.objective.first_half, exclude=held_index)
     summary = {**summary, "heldout_groups": n_held, "training_groups": table.num_rows - n_held}
     return TrainingData(stream, dominant_kind(manifest), shards, summary, heldout)
 

@@ -99,7 +99,24 @@ def read_status(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def checkpoint_and_validation(cfg: RunConfig):
+    """Keep the best K checkpoints by the dev metric when there are dev sets (scored asynchronously by evaluation
+    tasks as checkpoints arrive), else the latest K."""
+    if not cfg.eval.datasets:
+        return ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints), None
+    from revela.evaluation.actors import validation_config
+
+    ev = cfg.eval
+    validation = validation_config(ev.datasets, num_cpus=ev.num_cpus, num_gpus=ev.num_gpus,
+                                   max_queries=ev.max_queries, batch_size=ev.batch_size, max_length=ev.max_length,
+                                   record=True)
+    keep = ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
+                                      checkpoint_score_attribute=ev.select_best_by, checkpoint_score_order="max")
+    return keep, validation
+
+
 def fit(cfg: RunConfig, run_dir: Path, dataset) -> ray.train.Result:
+    checkpoint_config, validation = checkpoint_and_validation(cfg)
     scaling = ray.train.ScalingConfig(
         num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
         resources_per_worker={"CPU": cfg.ray.cpus_per_worker, **({"GPU": 1} if cfg.ray.use_gpu else {})})
@@ -108,10 +125,11 @@ def fit(cfg: RunConfig, run_dir: Path, dataset) -> ray.train.Result:
         train_loop_config={"run": cfg.model_dump(), "run_dir": str(run_dir)},
         scaling_config=scaling,
         datasets={"train": dataset},
+        validation_config=validation,
         run_config=ray.train.RunConfig(
             name=cfg.name, storage_path=str(run_dir.parent),
             failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
+            checkpoint_config=checkpoint_config),
     )
     return trainer.fit()
 
@@ -141,4 +159,16 @@ def run(cfg: RunConfig, mode: Mode = "auto") -> dict:
     after = data.score_heldout(cfg, checkpoint=checkpoint)
     return write_report(run_dir, cfg, checkpoint=checkpoint, history=metrics_history(run_dir),
                         heldout_before=before, heldout_after=after, data_summary=data.summary,
-                        wall_s=time.time() - started)
+                        wall_s=time.time() - started, checkpoints=scored_checkpoints(cfg, result))
+
+
+def scored_checkpoints(cfg: RunConfig, result: ray.train.Result) -> list[dict]:
+    """The kept checkpoints with their step and dev scores, best first when there are dev sets."""
+    rows = []
+    for ckpt, metrics in result.best_checkpoints:
+        dev = {k: v for k, v in metrics.items() if k.startswith("dev_") or "/" in k}
+        rows.append({"path": ckpt.path, "step": metrics.get("step"), **dev})
+    key = cfg.eval.select_best_by
+    if cfg.eval.datasets:
+        rows.sort(key=lambda r: r.get(key) if r.get(key) == r.get(key) else float("-inf"), reverse=True)
+    return rows

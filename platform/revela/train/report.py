@@ -36,7 +36,8 @@ def plot_history(history: list[dict], path: Path) -> Path | None:
 
 
 def write_report(run_dir: Path, cfg: RunConfig, checkpoint: str | None, history: list[dict],
-                 heldout_before: dict | None, heldout_after: dict | None, data_summary: dict, wall_s: float) -> dict:
+                 heldout_before: dict | None, heldout_after: dict | None, data_summary: dict, wall_s: float,
+                 checkpoints: list[dict] | None = None) -> dict:
     last = history[-1] if history else {}
     report = {
         "run": cfg.name,
@@ -47,6 +48,7 @@ def write_report(run_dir: Path, cfg: RunConfig, checkpoint: str | None, history:
         "final": {k: last[k] for k in ("loss", "pass2_loss", "loss_gap", "sim_entropy", "tokens_per_s",
                                         "groups_per_s", "data_wait_fraction") if k in last},
         "heldout": {"before": heldout_before, "after": heldout_after},
+        "checkpoints": checkpoints or [],
         "data": data_summary,
         "versions": versions(),
     }

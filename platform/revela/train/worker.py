@@ -55,13 +55,17 @@ def train_worker(config: dict) -> None:
     telemetry = DashboardMetrics(cfg.name) if rank == 0 else None
     shard = ray.train.get_dataset_shard("train")
 
+    validate = bool(cfg.eval.datasets)
+
     def checkpoint_and_report(metrics: dict) -> None:
+        if validate:  # NaN until the evaluation task scores this checkpoint (Ray then merges the real value)
+            metrics = {**metrics, cfg.eval.select_best_by: float("nan")}
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
                 save_checkpoint(Path(tmp) / "ckpt", model, trainer, cfg, data_state, metrics)
                 ckpt = ray.train.Checkpoint.from_directory(str(Path(tmp) / "ckpt"))
-            ray.train.report(metrics, checkpoint=ckpt)
+            ray.train.report(metrics, checkpoint=ckpt, validation=validate and rank == 0)
 
     last_metrics: dict = {}
     wait, started, epoch = 0.0, time.perf_counter(), data_state["epoch"]
@@ -97,7 +101,7 @@ def train_worker(config: dict) -> None:
             data_state = {"epoch": epoch, "groups_in_epoch": consumed}
             elapsed = time.perf_counter() - step_start
             total = time.perf_counter() - started
-            metrics.update(epoch=epoch, step_time_s=elapsed,
+            metrics.update(epoch=epoch, step_time_s=elapsed, wall_time=time.time(),
                            tokens_per_s=metrics["tokens"] * world / elapsed,
                            groups_per_s=metrics["groups"] * world / elapsed,
                            data_wait_fraction=wait / total if total else 0.0)
