@@ -94,13 +94,10 @@ def export(
 def _register_subcommands() -> None:
     """Subcommands contributed by the data and evaluation packages."""
     from revela.data.prepare import register as register_data
+    from revela.evaluation.cli import register as register_evaluation
 
     register_data(app)
-    try:  # TODO(lead): unconditional once evaluation.cli lands
-        from revela.evaluation.cli import register as register_evaluation
-        register_evaluation(app)
-    except ModuleNotFoundError:
-        pass
+    register_evaluation(app)
 
 
 _register_subcommands()
