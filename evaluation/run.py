@@ -258,8 +258,8 @@ def evaluate(model: str | None, datasets, output: str | Path | None = None, *, b
         "datasets": {},
     }
     entries = {ds.name: {"num_queries": len(ds.queries), "num_docs": len(ds.corpus), "content_hash": ds.content_hash,
-                         "path": str(Path(ds.path).resolve()), "split": ds.split, "domain": ds.domain, "skipped": ds.issues,
-                         "run_file": None, "baselines": {}} for ds in sets}
+                         "path": str(Path(ds.path).resolve()), "split": ds.split, "domain": ds.domain,
+                         "skipped": ds.issues, "run_file": None, "baselines": {}} for ds in sets}
 
     def dense(name: str):
         protocol, embs, secs, used = _encode_all(name, sets, encoder, batch_size, max_length, progress, num_actors,
@@ -318,7 +318,8 @@ def evaluate(model: str | None, datasets, output: str | Path | None = None, *, b
                                          for m in (*METRIC_KEYS, "ndcg_at_10_ci95")})
                 entries[ds.name]["run_file"] = entries[ds.name]["baselines"][best]["run_file"]
     first = (*METRIC_KEYS, "ndcg_at_10_ci95", "num_queries", "num_docs", "content_hash")
-    report["datasets"] = {name: {**{k: e[k] for k in first if k in e}, **{k: v for k, v in e.items() if k not in first}}
+    report["datasets"] = {name: {**{key: e[key] for key in first if key in e},
+                                 **{key: v for key, v in e.items() if key not in first}}
                           for name, e in entries.items()}
     report["average"] = {"datasets": [ds.name for ds in sets],
                          **{m: float(np.mean([e[m] for e in report["datasets"].values()])) for m in METRIC_KEYS}}
@@ -359,6 +360,7 @@ def print_table(report: dict, file=None) -> None:
             row(name, key if key != "backbone" else f"backbone {base['model']}", base, d)
     avg = report.get("average", {})
     if len(report["datasets"]) > 1 and avg:
-        table.add_row("average", "model" if report.get("model") else "bm25 (domain)", "", "", f"{avg['ndcg_at_10']:.4f}", "",
+        system = "model" if report.get("model") else "bm25 (domain)"
+        table.add_row("average", system, "", "", f"{avg['ndcg_at_10']:.4f}", "",
                       f"{avg['recall_at_100']:.4f}", f"{avg['mrr_at_10']:.4f}", f"{avg['map_at_100']:.4f}")
     Console(file=file or sys.stdout, width=140).print(table)

@@ -65,7 +65,8 @@ def search(queries: np.ndarray, docs: np.ndarray, k: int = 100, index: str = EXA
     return merged.D, merged.I
 
 
-def to_run(query_ids: list[str], doc_ids: list[str], scores: np.ndarray, indices: np.ndarray) -> dict[str, dict[str, float]]:
+def to_run(query_ids: list[str], doc_ids: list[str], scores: np.ndarray,
+           indices: np.ndarray) -> dict[str, dict[str, float]]:
     """A pytrec_eval run {query id: {doc id: score}} from `search` output; -1 padding is dropped."""
     run = {}
     for qid, row_s, row_i in zip(query_ids, scores, indices):

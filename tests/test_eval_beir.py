@@ -42,7 +42,8 @@ def test_content_hash_tracks_content_and_split(tmp_path):
 
 @pytest.mark.parametrize("file,line,needle", [
     ("corpus.jsonl", '{"_id": "d9", "text": broken}\n', "corpus.jsonl:4: not valid JSON"),
-    ("corpus.jsonl", '{"_id": "d1", "title": "", "text": "again"}\n', "corpus.jsonl:4: duplicate _id 'd1' (first at line 1)"),
+    ("corpus.jsonl", '{"_id": "d1", "title": "", "text": "again"}\n',
+     "corpus.jsonl:4: duplicate _id 'd1' (first at line 1)"),
     ("corpus.jsonl", '{"title": "no id", "text": "x"}\n', "corpus.jsonl:4: record has no string '_id'"),
     ("corpus.jsonl", '{"_id": "d9", "title": "no text"}\n', "corpus.jsonl:4: record 'd9' has no 'text'"),
     ("corpus.jsonl", '["not", "an", "object"]\n', "corpus.jsonl:4: expected a JSON object"),

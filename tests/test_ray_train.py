@@ -151,3 +151,22 @@ def test_checkpoints_are_scored_by_evaluation_tasks_while_training_continues(ray
     scored_at = (first / "revela_eval.json").stat().st_mtime
     # the step-4 checkpoint was scored before training finished: evaluation ran beside training, not after it
     assert scored_at < history[-1]["wall_time"]
+
+
+def test_fsdp_on_two_cpu_workers_checkpoints_full_weights(ray_cluster, assets, tmp_path):
+    from safetensors.torch import load_file
+
+    from revela.retriever import Retriever
+    from tiny import tiny_encoder
+
+    cfg = config(assets, tmp_path, "fsdp", max_steps=2, checkpoint_every=2, heldout_groups=0)
+    cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"strategy": "fsdp"})})
+    run(cfg)
+    ckpt = checkpoints(tmp_path / "fsdp")[-1]
+    saved = load_file(ckpt / "trainable.safetensors")
+    reference = dict(tiny_encoder().named_parameters())
+    for name, tensor in saved.items():  # whole tensors, not the rank-0 shard
+        if name.startswith("retriever.backbone.") and name[len("retriever.backbone."):] in reference:
+            assert tensor.shape == reference[name[len("retriever.backbone."):]].shape, name
+    emb = Retriever.load(str(ckpt)).encode(["def f(): pass", "import json"], "query")
+    assert emb.shape == (2, 32)

@@ -80,7 +80,8 @@ def _block(q, k, v, w, mask, v_norms, scaling):
     # w_ij (and the V-norm denominator) scale whole rows of probs, so the sum over j and t is one contraction.
     coeff = w.to(probs.dtype)[:, :, None, None, None]
     if v_norms is not None:
-        coeff = coeff / (torch.einsum("bjhglt,jht->bjhgl", probs, v_norms) + V_NORM_EPS)
+        with torch.autocast(probs.device.type, enabled=False):  # keep the denominator in probs' precision
+            coeff = coeff / (torch.einsum("bjhglt,jht->bjhgl", probs, v_norms.to(probs.dtype)) + V_NORM_EPS)
     else:
         coeff = coeff.expand(probs.shape[:-1])
     return torch.einsum("bjhglt,jhtd->bhgld", (probs * coeff.unsqueeze(-1)).to(v.dtype), v)

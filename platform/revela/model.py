@@ -40,10 +40,14 @@ def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch
 
 
 def similarity_weights(query_emb: torch.Tensor, passage_emb: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Sim_ij = softmax_j(cos(q_i, p_j) / tau) over j != i (embeddings are already L2-normalised)."""
-    scores = (query_emb @ passage_emb.T) / temperature
-    eye = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
-    return scores.masked_fill(eye, float("-inf")).softmax(dim=-1)
+    """Sim_ij = softmax_j(cos(q_i, p_j) / tau) over j != i (embeddings are already L2-normalised).
+
+    Always in fp32, autocast or not: at tau=1e-4 one bf16 step of a cosine near 0.9 is ~40 logits.
+    """
+    with torch.autocast(query_emb.device.type, enabled=False):
+        scores = (query_emb.float() @ passage_emb.float().T) / temperature
+        eye = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
+        return scores.masked_fill(eye, float("-inf")).softmax(dim=-1)
 
 
 def apply_finetune(module: nn.Module, mode: str, lora: LoraSettings, task_type: str) -> nn.Module:
@@ -81,8 +85,9 @@ class RevelaModel(nn.Module):
         if tokenizers is None:
             r_path, l_path = resolve_model(rc.name), resolve_model(lc.name)
             tokenizers = (AutoTokenizer.from_pretrained(r_path), AutoTokenizer.from_pretrained(l_path))
-            retriever_backbone = retriever_backbone or AutoModel.from_pretrained(r_path)
-            lm_model = lm_model or AutoModelForCausalLM.from_pretrained(l_path)
+            # fp32 master weights whatever the checkpoint's dtype: autocast runs the bf16 math on GPU
+            retriever_backbone = retriever_backbone or AutoModel.from_pretrained(r_path, dtype=torch.float32)
+            lm_model = lm_model or AutoModelForCausalLM.from_pretrained(l_path, dtype=torch.float32)
         r_tok, l_tok = tokenizers
         protocol = retriever_protocol(cfg, retriever_backbone.config, getattr(r_tok, "name_or_path", ""))
         if lc.gradient_checkpointing:

@@ -22,6 +22,9 @@ import numpy as np
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
 
 from revela.config import RunConfig
 from revela.model import RevelaModel
@@ -39,17 +42,38 @@ def versions() -> dict[str, str]:
             "ray": ray.__version__}
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+# Full (unsharded) tensors on CPU, keyed by the unwrapped model's names, whether the engine is the plain
+# model, DDP or FSDP; under FSDP gathering them is a collective, so every rank calls gather_training_state.
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def trainable_names(model: torch.nn.Module) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def trainable_state(model: torch.nn.Module, full_state: dict | None = None) -> dict[str, torch.Tensor]:
+    """The trainable tensors, tied weights stored once."""
+    full_state = full_state if full_state is not None else dict(model.named_parameters())
     seen, state = set(), {}
-    for name, p in model.named_parameters():
-        if p.requires_grad and p.data_ptr() not in seen:  # tied weights are stored once
-            seen.add(p.data_ptr())
-            state[name] = p.detach().to("cpu").contiguous()
+    for name in sorted(trainable_names(model)):
+        tensor = full_state[name]
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            state[name] = tensor.detach().to("cpu").contiguous()
     return state
 
 
-def _save_part(module: torch.nn.Module, tokenizer, directory: Path, base_name: str) -> None:
-    module.save_pretrained(directory)
+def gather_training_state(engine: torch.nn.Module, trainer: Trainer) -> dict:
+    return {"model": get_model_state_dict(engine, options=FULL),
+            "optimizer": get_optimizer_state_dict(engine, trainer.optimizer, options=FULL)}
+
+
+def _subtree(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _save_part(module: torch.nn.Module, tokenizer, directory: Path, base_name: str, state: dict) -> None:
+    module.save_pretrained(directory, state_dict=state)
     tokenizer.save_pretrained(directory)
     adapter_cfg = directory / "adapter_config.json"
     if adapter_cfg.is_file():  # point adapters at the portable model name, not this machine's cache path
@@ -59,8 +83,12 @@ def _save_part(module: torch.nn.Module, tokenizer, directory: Path, base_name: s
 
 
 def save_checkpoint(directory: str | Path, model: RevelaModel, trainer: Trainer, config: RunConfig,
-                    data_state: dict | None = None, metrics: dict | None = None) -> Path:
-    """Write a complete checkpoint at `directory` (replacing an older one there only once the new one is whole)."""
+                    data_state: dict | None = None, metrics: dict | None = None, state: dict | None = None) -> Path:
+    """Write a complete checkpoint at `directory` (replacing an older one there only once the new one is whole).
+
+    `state`: from gather_training_state (needed under FSDP, where the model's own tensors are shards).
+    """
+    state = state or gather_training_state(trainer.engine, trainer)
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = directory.parent / f".{directory.name}.staging-{uuid.uuid4().hex[:8]}"
@@ -68,13 +96,14 @@ def save_checkpoint(directory: str | Path, model: RevelaModel, trainer: Trainer,
     try:
         model.retriever.protocol.save(staging)
         _save_part(model.retriever.backbone, model.retriever.tokenizer, staging / "retriever",
-                   config.model.retriever.name)
+                   config.model.retriever.name, _subtree(state["model"], "retriever.backbone."))
         model.retriever.protocol.save(staging / "retriever")
         if config.model.lm.finetune != "frozen":
-            _save_part(model.lm, model.lm_tokenizer, staging / "lm", config.model.lm.name)
-        save_file(trainable_state(model), staging / "trainable.safetensors")
-        torch.save({"trainer": trainer.state_dict(), "data": data_state or {}, "rng": rng_state()},
-                   staging / "trainer_state.pt")
+            _save_part(model.lm, model.lm_tokenizer, staging / "lm", config.model.lm.name,
+                       _subtree(state["model"], "lm."))
+        save_file(trainable_state(model, state["model"]), staging / "trainable.safetensors")
+        torch.save({"trainer": trainer.state_dict(), "optimizer": state["optimizer"], "data": data_state or {},
+                    "rng": rng_state()}, staging / "trainer_state.pt")
         (staging / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
         meta = {"step": trainer.step, "run_name": config.name, "metrics": metrics or {},
                 "retriever": config.model.retriever.name, "lm": config.model.lm.name,
@@ -98,7 +127,10 @@ def is_complete(directory: str | Path) -> bool:
 
 
 def load_checkpoint(directory: str | Path, model: RevelaModel, trainer: Trainer | None = None) -> dict:
-    """Restore trainable weights (and optimizer/schedule/RNG when `trainer` is given); returns the data state."""
+    """Restore trainable weights (and optimizer/schedule/RNG when `trainer` is given); returns the data state.
+
+    With a trainer, weights go through its engine (plain, DDP or FSDP), so every rank calls this.
+    """
     directory = Path(directory)
     if not is_complete(directory):
         raise FileNotFoundError(f"{directory} is not a complete Revela checkpoint (no {CHECKPOINT_MARKER})")
@@ -107,15 +139,16 @@ def load_checkpoint(directory: str | Path, model: RevelaModel, trainer: Trainer 
     unexpected = [name for name in state if name not in own]
     if unexpected:
         raise ValueError(f"{directory}: checkpoint tensors not in this model (incompatible config?): {unexpected[:5]}")
-    with torch.no_grad():
-        for name, tensor in state.items():
-            own[name].copy_(tensor)
     stored = {own[name].data_ptr() for name in state}
     missing = [n for n, p in own.items() if p.requires_grad and p.data_ptr() not in stored]
     if missing:
         raise ValueError(f"{directory}: trainable tensors missing from the checkpoint: {missing[:5]}")
+    engine = trainer.engine if trainer is not None else model
+    set_model_state_dict(engine, state, options=StateDictOptions(full_state_dict=True, strict=False))
     saved = torch.load(directory / "trainer_state.pt", map_location="cpu", weights_only=False)
     if trainer is not None:
+        set_optimizer_state_dict(engine, trainer.optimizer, saved["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True))
         trainer.load_state_dict(saved["trainer"])
         restore_rng(saved["rng"])
     return saved["data"]

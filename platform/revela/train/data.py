@@ -48,10 +48,13 @@ class TrainingData:
         if checkpoint:
             load_checkpoint(checkpoint, model)
         obj = cfg.model.objective
-        first_half = (self.kind != "code") if obj.first_half is None else obj.first_half
-        tokenizer = GroupTokenizer(model.retriever.tokenizer, model.lm_tokenizer, model.retriever.protocol,
-                                   cfg.model.lm.max_length, first_half, obj.first_half_ratio)
-        return heldout_metrics(model, tokenizer, self.heldout)
+
+        def tokenizer_for(kind: str) -> GroupTokenizer:  # the same views as training: per group kind
+            first_half = (kind != "code") if obj.first_half is None else obj.first_half
+            return GroupTokenizer(model.retriever.tokenizer, model.lm_tokenizer, model.retriever.protocol,
+                                  cfg.model.lm.max_length, first_half, obj.first_half_ratio)
+
+        return heldout_metrics(model, tokenizer_for, self.heldout)
 
 
 def prepared_shards(cfg: RunConfig, run_dir: Path) -> tuple[str, dict]:

@@ -135,8 +135,10 @@ def fit(cfg: RunConfig, run_dir: Path, dataset) -> ray.train.Result:
 
 
 def metrics_history(run_dir: Path) -> list[dict]:
+    """Logged steps, one row per step: after a restart the retrained steps' latest values win."""
     path = run_dir / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return sorted({row["step"]: row for row in rows}.values(), key=lambda row: row["step"])
 
 
 def run(cfg: RunConfig, mode: Mode = "auto") -> dict:

@@ -3,6 +3,8 @@ chunks of the same document (top-1 neighbour hit-rate, against chance)?"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from revela.batch import GroupTokenizer
@@ -10,11 +12,13 @@ from revela.model import RevelaModel
 
 
 @torch.no_grad()
-def heldout_metrics(model: RevelaModel, tokenizer: GroupTokenizer, rows: list[dict]) -> dict:
-    """rows: {"texts": [...], "doc_ids": [...], "kind": "prose"|"code"} groups never trained on."""
+def heldout_metrics(model: RevelaModel, tokenizer_for: Callable[[str], GroupTokenizer], rows: list[dict]) -> dict:
+    """rows: {"texts": [...], "doc_ids": [...], "kind": "prose"|"code"} groups never trained on;
+    tokenizer_for(kind) gives the group tokenizer training used for that kind."""
     model.eval()
     pass2, pass3, hits, scored, chance = [], [], 0, 0, 0.0
     for row in rows:
+        tokenizer = tokenizer_for(row.get("kind", "prose"))
         batch = {k: torch.from_numpy(v) for k, v in tokenizer(list(row["texts"])).items()}
         batch["is_code"] = torch.tensor(int(row.get("kind") == "code"))
         out = model(batch)

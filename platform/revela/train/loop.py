@@ -7,6 +7,7 @@ import math
 from typing import Sequence
 
 import torch
+import torch.distributed as dist
 from transformers import get_linear_schedule_with_warmup
 
 from revela.config import TrainConfig
@@ -46,7 +47,7 @@ class Trainer:
     def __init__(self, model: RevelaModel, cfg: TrainConfig, device: torch.device, engine=None):
         self.model, self.cfg, self.device = model, cfg, device
         self.engine = engine if engine is not None else model
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.params = [p for p in self.engine.parameters() if p.requires_grad]  # after DDP/FSDP wrapping
         if not self.params:
             raise ValueError("nothing to train: retriever and LM are both frozen")
         self.retriever_params = [p for p in model.retriever.parameters() if p.requires_grad]
@@ -73,8 +74,9 @@ class Trainer:
             with sync:
                 with self._autocast():
                     out = self.engine(batch, measure_pass2=measure)
-                if not torch.isfinite(out.loss):
-                    raise NonFiniteLossError(f"step {self.step + 1}: pass-3 loss is {out.loss.item()}")
+                if self._any_rank_nonfinite(out.loss):  # before backward, so no rank waits in an all-reduce
+                    where = f"{out.loss.item()}" if not torch.isfinite(out.loss) else "non-finite on another rank"
+                    raise NonFiniteLossError(f"step {self.step + 1}: pass-3 loss is {where}")
                 (out.loss / len(micro_batches)).backward()
             tokens += int(batch["lm_attention_mask"].sum())
             parts = {"loss": float(out.loss.detach()), **sim_stats(out.doc_weights)}
@@ -87,11 +89,15 @@ class Trainer:
                    "tokens": tokens, "groups": len(micro_batches)}
         if "pass2_loss" in metrics:
             metrics["loss_gap"] = metrics["pass2_loss"] - metrics["loss"]
-        if self.cfg.max_grad_norm:
-            total = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
-            if not math.isfinite(float(total)):
-                self.optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteLossError(f"step {self.step + 1}: gradient norm is {float(total)}")
+        max_norm = self.cfg.max_grad_norm or math.inf  # inf: measure without clipping
+        if hasattr(self.engine, "clip_grad_norm_"):  # FSDP: the norm over all shards
+            total = self.engine.clip_grad_norm_(max_norm)
+        else:
+            total = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        metrics["grad_norm"] = float(total)
+        if not math.isfinite(float(total)):  # the same total on every rank, so all stop together
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(f"step {self.step + 1}: gradient norm is {float(total)}")
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -99,10 +105,16 @@ class Trainer:
         metrics["step"] = self.step
         return metrics
 
+    def _any_rank_nonfinite(self, loss: torch.Tensor) -> bool:
+        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        return bool(bad.item())
+
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "step": self.step}
+        """Schedule and step; the optimizer's state is saved by revela.train.checkpoint (sharding-aware)."""
+        return {"scheduler": self.scheduler.state_dict(), "step": self.step}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]

@@ -6,22 +6,53 @@ It also runs in the driver process (ScalingConfig(num_workers=0)), which is how 
 from __future__ import annotations
 
 import json
+import random
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import ray.train
 import torch
 import torch.distributed as dist
 
 from revela.config import RunConfig
 from revela.model import RevelaModel
-from revela.train.checkpoint import load_checkpoint, save_checkpoint
+from revela.train.checkpoint import gather_training_state, load_checkpoint, save_checkpoint
 from revela.train.loop import NonFiniteLossError, Trainer
 from revela.train.telemetry import DashboardMetrics
 
 STATUS_FILE = "revela_status.json"
 METRICS_FILE = "metrics.jsonl"
+
+
+def seed_rank(seed: int, rank: int, step: int) -> None:
+    value = seed + rank + 1_000_003 * step
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
+
+
+def rescale_position(data_state: dict, world: int) -> dict:
+    """Groups consumed per rank at the old world size -> per rank at the new one (same total)."""
+    old = data_state.get("world_size", world)
+    if old == world:
+        return data_state
+    total = data_state["groups_in_epoch"] * old
+    return {**data_state, "groups_in_epoch": total // world, "world_size": world}
+
+
+def fsdp_kwargs(model: RevelaModel, device: torch.device) -> dict:
+    """One FSDP unit per transformer block (the classes the models declare unsplittable), original parameters
+    kept so LoRA's mixed requires_grad works and checkpoints see the unwrapped names."""
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    names = set()
+    for part in (model.retriever.backbone, model.lm):
+        base = part.get_base_model() if hasattr(part, "get_base_model") else part
+        names |= set(getattr(base, "_no_split_modules", None) or [])
+    blocks = {type(m) for m in model.modules() if type(m).__name__ in names}
+    return {"use_orig_params": True, "device_id": device, "auto_wrap_policy": ModuleWrapPolicy(blocks)}
 
 
 def _all_ranks_agree_nonfinite(bad: bool, device: torch.device) -> bool:
@@ -44,14 +75,19 @@ def train_worker(config: dict) -> None:
     model = RevelaModel.from_config(cfg.model).to(device)
     engine = model
     if world > 1:
-        engine = ray.train.torch.prepare_model(model, parallel_strategy=cfg.ray.strategy, move_to_device=False)
+        fsdp = fsdp_kwargs(model, device) if cfg.ray.strategy == "fsdp" else None
+        engine = ray.train.torch.prepare_model(model, parallel_strategy=cfg.ray.strategy, move_to_device=False,
+                                               parallel_strategy_kwargs=fsdp)
     trainer = Trainer(model, cfg.train, device, engine=engine)
 
-    data_state = {"epoch": 0, "groups_in_epoch": 0}
+    data_state = {"epoch": 0, "groups_in_epoch": 0, "world_size": world}
     resume = ray.train.get_checkpoint()
     if resume is not None:
         with resume.as_directory() as d:
-            data_state = load_checkpoint(d, model, trainer) or data_state
+            data_state = {**data_state, **(load_checkpoint(d, model, trainer) or {})}
+        # each rank its own random stream again (the checkpoint holds rank 0's), distinct from before the restart
+        seed_rank(cfg.train.seed, rank, trainer.step)
+        data_state = rescale_position(data_state, world)
     telemetry = DashboardMetrics(cfg.name) if rank == 0 else None
     shard = ray.train.get_dataset_shard("train")
 
@@ -60,10 +96,12 @@ def train_worker(config: dict) -> None:
     def checkpoint_and_report(metrics: dict) -> None:
         if validate:  # NaN until the evaluation task scores this checkpoint (Ray then merges the real value)
             metrics = {**metrics, cfg.eval.select_best_by: float("nan")}
+        sharded = cfg.ray.strategy == "fsdp" and world > 1
+        state = gather_training_state(engine, trainer) if sharded or rank == 0 else None  # collective under FSDP
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                save_checkpoint(Path(tmp) / "ckpt", model, trainer, cfg, data_state, metrics)
+                save_checkpoint(Path(tmp) / "ckpt", model, trainer, cfg, data_state, metrics, state)
                 ckpt = ray.train.Checkpoint.from_directory(str(Path(tmp) / "ckpt"))
             ray.train.report(metrics, checkpoint=ckpt, validation=validate and rank == 0)
 
@@ -98,7 +136,7 @@ def train_worker(config: dict) -> None:
                          "step": trainer.step + 1}))
                 return  # the last reported checkpoint stays the newest one
             pending = []
-            data_state = {"epoch": epoch, "groups_in_epoch": consumed}
+            data_state = {"epoch": epoch, "groups_in_epoch": consumed, "world_size": world}
             elapsed = time.perf_counter() - step_start
             total = time.perf_counter() - started
             metrics.update(epoch=epoch, step_time_s=elapsed, wall_time=time.time(),
