@@ -42,18 +42,33 @@ def versions() -> dict[str, str]:
             "ray": ray.__version__}
 
 
-# Full (unsharded) tensors on CPU, keyed by the unwrapped model's names, whether the engine is the plain
-# model, DDP or FSDP; under FSDP gathering them is a collective, so every rank calls gather_training_state.
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+def full_state_options(device: torch.device) -> StateDictOptions:
+    """Full (unsharded) tensors keyed by the unwrapped model's names, whether the engine is the plain model, DDP
+    or FSDP; under FSDP gathering them is a collective, so every rank calls gather_training_state. Offloading to
+    CPU only matters on GPUs (and segfaults FSDP on CPU/gloo with torch 2.13)."""
+    return StateDictOptions(full_state_dict=True, cpu_offload=device.type == "cuda")
+
+
+_WRAPPER_TOKENS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def named_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """Parameters under their plain names, whatever FSDP units or activation-checkpoint wrappers sit inside."""
+    out = {}
+    for name, p in model.named_parameters():
+        for token in _WRAPPER_TOKENS:
+            name = name.replace(token, "")
+        out[name] = p
+    return out
 
 
 def trainable_names(model: torch.nn.Module) -> set[str]:
-    return {name for name, p in model.named_parameters() if p.requires_grad}
+    return {name for name, p in named_parameters(model).items() if p.requires_grad}
 
 
 def trainable_state(model: torch.nn.Module, full_state: dict | None = None) -> dict[str, torch.Tensor]:
     """The trainable tensors, tied weights stored once."""
-    full_state = full_state if full_state is not None else dict(model.named_parameters())
+    full_state = full_state if full_state is not None else named_parameters(model)
     seen, state = set(), {}
     for name in sorted(trainable_names(model)):
         tensor = full_state[name]
@@ -64,8 +79,9 @@ def trainable_state(model: torch.nn.Module, full_state: dict | None = None) -> d
 
 
 def gather_training_state(engine: torch.nn.Module, trainer: Trainer) -> dict:
-    return {"model": get_model_state_dict(engine, options=FULL),
-            "optimizer": get_optimizer_state_dict(engine, trainer.optimizer, options=FULL)}
+    options = full_state_options(trainer.device)
+    return {"model": get_model_state_dict(engine, options=options),
+            "optimizer": get_optimizer_state_dict(engine, trainer.optimizer, options=options)}
 
 
 def _subtree(state: dict, prefix: str) -> dict:
@@ -135,7 +151,7 @@ def load_checkpoint(directory: str | Path, model: RevelaModel, trainer: Trainer 
     if not is_complete(directory):
         raise FileNotFoundError(f"{directory} is not a complete Revela checkpoint (no {CHECKPOINT_MARKER})")
     state = load_file(directory / "trainable.safetensors")
-    own = dict(model.named_parameters())
+    own = named_parameters(model)
     unexpected = [name for name in state if name not in own]
     if unexpected:
         raise ValueError(f"{directory}: checkpoint tensors not in this model (incompatible config?): {unexpected[:5]}")

@@ -74,10 +74,13 @@ def train_worker(config: dict) -> None:
 
     model = RevelaModel.from_config(cfg.model).to(device)
     engine = model
-    if world > 1:
-        fsdp = fsdp_kwargs(model, device) if cfg.ray.strategy == "fsdp" else None
-        engine = ray.train.torch.prepare_model(model, parallel_strategy=cfg.ray.strategy, move_to_device=False,
-                                               parallel_strategy_kwargs=fsdp)
+    if world > 1 and cfg.ray.strategy == "fsdp":
+        # torch's FSDP directly: Ray's prepare_model only allows it on GPUs, FSDP itself also runs on CPU/gloo
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        engine = FullyShardedDataParallel(model, **fsdp_kwargs(model, device))
+    elif world > 1:
+        engine = ray.train.torch.prepare_model(model, move_to_device=False)
     trainer = Trainer(model, cfg.train, device, engine=engine)
 
     data_state = {"epoch": 0, "groups_in_epoch": 0, "world_size": world}
