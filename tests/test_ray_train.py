@@ -103,7 +103,7 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, assets, tmp_pat
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(ray_cluster, assets, tmp_path):
     # Adam moves every weight by ~lr: at 1e30 the next forward overflows fp32 and the loss is NaN
-    cfg = config(assets, tmp_path, "diverges", num_workers=1, heldout_groups=0, max_steps=6, checkpoint_every=1, lr=1e30, max_grad_norm="null",
+    cfg = config(assets, tmp_path, "diverges", num_workers=2, heldout_groups=0, max_steps=6, checkpoint_every=1, lr=1e30, max_grad_norm="null",
                  warmup_steps=0)
     with pytest.raises(TrainingStoppedError, match="non-finite|is nan|is inf"):
         run(cfg)

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import ray.train
 import torch
-import torch.distributed as dist
 
 from revela.config import RunConfig
 from revela.model import RevelaModel
@@ -53,15 +52,6 @@ def fsdp_kwargs(model: RevelaModel, device: torch.device) -> dict:
         names |= set(getattr(base, "_no_split_modules", None) or [])
     blocks = {type(m) for m in model.modules() if type(m).__name__ in names}
     return {"use_orig_params": True, "device_id": device, "auto_wrap_policy": ModuleWrapPolicy(blocks)}
-
-
-def _all_ranks_agree_nonfinite(bad: bool, device: torch.device) -> bool:
-    """A NaN on one rank must stop every rank together, or the others hang in the next all-reduce."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return bad
-    flag = torch.tensor([1.0 if bad else 0.0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
 
 
 def train_worker(config: dict) -> None:
@@ -126,17 +116,13 @@ def train_worker(config: dict) -> None:
                 t0 = time.perf_counter()
                 continue
             measure = (trainer.step + 1) % cfg.train.log_every == 0
+            step_start = time.perf_counter()
             try:
-                step_start = time.perf_counter()
                 metrics = trainer.train_step(pending, measure=measure)
-                bad = False
-            except NonFiniteLossError as err:
-                bad, message = True, str(err)
-            if _all_ranks_agree_nonfinite(bad, device):
+            except NonFiniteLossError as err:  # raised on every rank at once: the Trainer agrees across ranks
                 if rank == 0:
                     (run_dir / STATUS_FILE).write_text(json.dumps(
-                        {"status": "non_finite_loss", "message": message if bad else "non-finite loss on another rank",
-                         "step": trainer.step + 1}))
+                        {"status": "non_finite_loss", "message": str(err), "step": trainer.step + 1}))
                 return  # the last reported checkpoint stays the newest one
             pending = []
             data_state = {"epoch": epoch, "groups_in_epoch": consumed, "world_size": world}
