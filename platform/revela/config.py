@@ -109,8 +109,8 @@ class EvalConfig(StrictModel):
 CPU_MODEL = ModelConfig(retriever=RetrieverConfig(max_length=64),
                         lm=LMConfig(max_length=64, lora=LoraSettings(r=16, alpha=32, dropout=0.05)),
                         objective=ObjectiveConfig(temperature=0.05))
-CPU_DATA = DataConfig(group_size=8, max_words=48, max_tokens=64)
-CPU_TRAIN = TrainConfig(max_steps=20, warmup_steps=4, checkpoint_every=10, heldout_groups=4)
+CPU_DATA = DataConfig(group_size=8, max_words=48, max_tokens=64, docs_per_window=4)
+CPU_TRAIN = TrainConfig(max_steps=20, lr=1e-3, warmup_steps=4, checkpoint_every=10, heldout_groups=4)
 
 
 class RunConfig(StrictModel):
