@@ -133,3 +133,17 @@ def test_export_loads_in_sentence_transformers_with_the_same_embeddings(tmp_path
     st = SentenceTransformer(str(out), device="cpu").encode(texts, prompt_name="query", normalize_embeddings=False)
     assert np.allclose(ours, st, atol=1e-5)
     assert json.loads((out / "config_sentence_transformers.json").read_text())["prompts"]["query"] == "query: "
+
+
+def test_retriever_gets_its_own_learning_rate():
+    model = tiny_revela()
+    trainer = make_trainer(model, lr=1e-3, retriever_lr=2e-5, warmup_steps=0)
+    retriever = {id(p) for p in model.retriever.parameters()}
+    by_lr = {g["lr"]: g["params"] for g in trainer.optimizer.param_groups}
+    assert set(by_lr) == {2e-5, 1e-3}
+    assert all(id(p) in retriever for p in by_lr[2e-5])
+    assert not any(id(p) in retriever for p in by_lr[1e-3])
+    before = {n: p.detach().clone() for n, p in model.retriever.named_parameters() if p.requires_grad}
+    trainer.train_step([random_batch()])
+    moved = max(float((p - before[n]).abs().max()) for n, p in model.retriever.named_parameters() if n in before)
+    assert 0 < moved <= 2e-5 * 1.01  # one Adam step moves each weight by at most ~lr

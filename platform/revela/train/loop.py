@@ -52,7 +52,11 @@ class Trainer:
             raise ValueError("nothing to train: retriever and LM are both frozen")
         self.retriever_params = [p for p in model.retriever.parameters() if p.requires_grad]
         self.lm_params = [p for p in model.lm.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        retriever_ids = {id(p) for p in self.retriever_params}
+        groups = [{"params": [p for p in self.params if id(p) in retriever_ids], "lr": cfg.retriever_lr or cfg.lr},
+                  {"params": [p for p in self.params if id(p) not in retriever_ids], "lr": cfg.lr}]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, cfg.warmup_steps, cfg.max_steps)
         self.autocast_dtype = resolve_precision(cfg.precision, device)
         self.step = 0
@@ -85,7 +89,7 @@ class Trainer:
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + v / len(micro_batches)
         metrics = {**totals, "grad_norm_retriever": grad_norm(self.retriever_params),
-                   "grad_norm_lm": grad_norm(self.lm_params), "lr": self.scheduler.get_last_lr()[0],
+                   "grad_norm_lm": grad_norm(self.lm_params), "lr": self.scheduler.get_last_lr()[-1],
                    "tokens": tokens, "groups": len(micro_batches)}
         if "pass2_loss" in metrics:
             metrics["loss_gap"] = metrics["pass2_loss"] - metrics["loss"]
