@@ -110,7 +110,6 @@ def save_checkpoint(directory: str | Path, model: RevelaModel, trainer: Trainer,
     staging = directory.parent / f".{directory.name}.staging-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        model.retriever.protocol.save(staging)
         _save_part(model.retriever.backbone, model.retriever.tokenizer, staging / "retriever",
                    config.model.retriever.name, _subtree(state["model"], "retriever.backbone."))
         model.retriever.protocol.save(staging / "retriever")

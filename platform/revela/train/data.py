@@ -3,6 +3,7 @@ groups kept out of training, and the Ray Data stream of the rest."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class TrainingData:
             load_checkpoint(checkpoint, model)
         obj = cfg.model.objective
 
+        @functools.cache
         def tokenizer_for(kind: str) -> GroupTokenizer:  # the same views as training: per group kind
             first_half = (kind != "code") if obj.first_half is None else obj.first_half
             return GroupTokenizer(model.retriever.tokenizer, model.lm_tokenizer, model.retriever.protocol,

@@ -59,7 +59,7 @@ def train_worker(config: dict) -> None:
     run_dir = Path(config["run_dir"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(cfg.train.seed + rank)
+    seed_rank(cfg.train.seed, rank, 0)
     device = ray.train.torch.get_device() if world > 0 else torch.device("cpu")
 
     model = RevelaModel.from_config(cfg.model).to(device)
