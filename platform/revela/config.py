@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from revela.configbase import StrictModel
+from revela.configbase import SafeName, StrictModel
 from revela.data.config import DataConfig
 
 Finetune = Literal["lora", "full", "frozen"]
@@ -118,7 +118,8 @@ CPU_TRAIN = TrainConfig(max_steps=20, lr=1e-3, retriever_lr=2e-5, warmup_steps=4
 
 
 class RunConfig(StrictModel):
-    name: str = "revela-default"
+    name: SafeName = "revela-default"
+    """One path component: the run folder is ray.storage_path/name."""
     model: ModelConfig = CPU_MODEL
     data: DataConfig = CPU_DATA
     train: TrainConfig = CPU_TRAIN

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+import re
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -15,6 +16,21 @@ class StrictModel(BaseModel):
     """Unknown keys and wrong types are errors, never silently ignored."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_safe_name(name: str) -> str:
+    """A run, sweep or trial name becomes a folder under the storage path: it must be one plain path component."""
+    if not _SAFE_NAME.fullmatch(name) or name in {".", ".."}:
+        raise ValueError(f"{name!r} is not a safe name: use 1-128 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit (no '/', no '..')")
+    return name
+
+
+SafeName = Annotated[str, AfterValidator(check_safe_name)]
+"""Use for every config field that names a folder (runs, sweeps, trials)."""
 
 
 class ConfigError(ValueError):
