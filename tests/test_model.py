@@ -115,3 +115,33 @@ def test_frozen_lm_still_trains_retriever():
     assert not any(p.requires_grad for p in model.lm.parameters())
     model(random_batch()).loss.backward()
     assert retriever_grad_norm(model) > 0
+
+
+def test_groups_in_one_forward_equal_separate_one_group_forwards():
+    """G groups as one batch of G*B sequences: same loss (mean over groups) and gradients as G one-group
+    forwards, Sim kept inside each group, V-norm per group (prose on, code off)."""
+    model = tiny_revela(v_norm=None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    groups = [random_batch(seed=s) for s in (1, 2, 3)]
+    is_code = [0, 1, 0]
+    stacked = {k: torch.stack([g[k] for g in groups]) for k in groups[0]}
+    stacked["is_code"] = torch.tensor(is_code)
+    params = [p for p in model.parameters() if p.requires_grad]
+    joint = model(stacked)
+    joint_grads = torch.autograd.grad(joint.loss, params)
+    separate = [model({**g, "is_code": torch.tensor(c)}) for g, c in zip(groups, is_code)]
+    separate_loss = sum(out.loss for out in separate) / len(separate)
+    separate_grads = torch.autograd.grad(separate_loss, params)
+    assert torch.allclose(joint.loss, separate_loss, rtol=1e-5)
+    assert torch.allclose(joint.pass2_loss, sum(out.pass2_loss for out in separate) / 3, rtol=1e-5)
+    assert joint.doc_weights.shape == (3, 4, 4)
+    for n, out in enumerate(separate):
+        assert torch.allclose(joint.doc_weights[n], out.doc_weights, atol=1e-6)
+    for a, b in zip(joint_grads, separate_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    # the code group really ran without V-norm: forcing V-norm on changes its loss
+    forced = tiny_revela(v_norm=True)
+    forced.load_state_dict(model.state_dict())
+    assert not torch.allclose(forced({**groups[1], "is_code": torch.tensor(1)}).loss, separate[1].loss)

@@ -51,7 +51,7 @@ def steps(run_dir: Path) -> list[int]:
 
 
 def test_two_worker_run_writes_checkpoints_metrics_and_report(ray_cluster, assets, tmp_path):
-    cfg = config(assets, tmp_path, "two-workers")
+    cfg = config(assets, tmp_path, "two-workers", groups_per_forward=2)
     report = run(cfg)
     run_dir = tmp_path / "two-workers"
     ckpts = checkpoints(run_dir)
@@ -62,6 +62,7 @@ def test_two_worker_run_writes_checkpoints_metrics_and_report(ray_cluster, asset
     for key in ("loss", "pass2_loss", "loss_gap", "sim_entropy", "sim_top1_weight", "grad_norm_retriever",
                 "grad_norm_lm", "tokens_per_s", "groups_per_s", "data_wait_fraction"):
         assert key in metrics, key
+    assert metrics["groups"] == 2 and metrics["groups_per_forward"] == 2  # G groups in each forward
     assert report["heldout"]["after"]["groups"] == 2
     assert (run_dir / "report.json").is_file() and (run_dir / "loss_curve.png").stat().st_size > 1000
 

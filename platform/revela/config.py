@@ -50,7 +50,9 @@ class ObjectiveConfig(StrictModel):
     """None: on for prose, off for code (method §1.2)."""
     first_half_ratio: float = Field(0.5, gt=0, le=1)
     inbatch_chunk: int = Field(8, ge=1)
-    """Chunks j processed at once inside in-batch attention (memory/speed trade-off)."""
+    """Torch path only: chunks j processed at once inside in-batch attention (memory/speed trade-off)."""
+    inbatch_backend: Literal["auto", "torch", "triton"] = "auto"
+    """auto: the fused Triton kernels on CUDA (when triton is installed), the blockwise torch path elsewhere."""
 
 
 class ModelConfig(StrictModel):
@@ -63,7 +65,11 @@ class TrainConfig(StrictModel):
     seed: int = 42
     max_steps: int = Field(30, ge=1)
     """Optimizer steps."""
+    groups_per_forward: int = Field(1, ge=1)
+    """G: groups that go through the retriever and the LM together, as one batch of G*B sequences (Sim and
+    in-batch attention stay inside each group). Larger G keeps a GPU busy with small models."""
     grad_accum: int = Field(1, ge=1)
+    """Forwards (of G groups each) per optimizer step: an optimizer step sees G * grad_accum groups."""
     lr: float = Field(1e-4, gt=0)
     retriever_lr: float | None = Field(None, gt=0)
     """Learning rate of the retriever's parameters; None: `lr`. Fully fine-tuned encoders want far less than

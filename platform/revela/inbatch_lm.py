@@ -29,14 +29,17 @@ class InBatchState:
     keys: dict[int, torch.Tensor] = field(default_factory=dict)
     values: dict[int, torch.Tensor] = field(default_factory=dict)
     doc_weights: torch.Tensor | None = None
+    """[B, B] or [G, B, B] (chunks laid out group after group)."""
     key_mask: torch.Tensor | None = None
-    v_norm: bool = True
+    v_norm: bool | torch.Tensor = True
+    """One bool, or one per group."""
     chunk_size: int | None = None
+    backend: str = "auto"
 
-    def attend(self, doc_weights: torch.Tensor, key_mask: torch.Tensor, v_norm: bool,
-               chunk_size: int | None = None) -> "InBatchState":
+    def attend(self, doc_weights: torch.Tensor, key_mask: torch.Tensor, v_norm: bool | torch.Tensor,
+               chunk_size: int | None = None, backend: str = "auto") -> "InBatchState":
         """The pass-3 state that reads what this (pass-2) state captured."""
-        return InBatchState(False, self.keys, self.values, doc_weights, key_mask, v_norm, chunk_size)
+        return InBatchState(False, self.keys, self.values, doc_weights, key_mask, v_norm, chunk_size, backend)
 
 
 def _wrap(base_name: str):
@@ -53,7 +56,7 @@ def _wrap(base_name: str):
             return out, weights
         extra = inbatch_attention(query, state.keys[layer], state.values[layer], state.doc_weights,
                                   state.key_mask, v_norm=state.v_norm, scaling=kwargs.get("scaling"),
-                                  chunk_size=state.chunk_size)
+                                  chunk_size=state.chunk_size, backend=state.backend)
         return out + extra.transpose(1, 2).to(out.dtype), weights  # base output is [B, L, H, d]
 
     return revela_attention

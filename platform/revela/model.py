@@ -4,6 +4,9 @@ Per group of B chunks (method §1.4): the retriever encodes the query view and p
 Sim = row-softmax(cos / tau) with the diagonal excluded; the LM runs each chunk alone (pass 2, capturing every
 layer's keys/values, with gradient) and then again with in-batch attention over the other chunks' cached
 keys/values weighted by Sim (pass 3). The training loss is pass 3's NTP cross-entropy over non-pad tokens.
+
+G groups can go through one forward as a batch of G*B sequences: Sim and in-batch attention stay inside each
+group, and the loss is the mean of the G per-group losses, so it equals G separate one-group forwards.
 """
 
 from __future__ import annotations
@@ -26,28 +29,50 @@ BATCH_KEYS = ("query_input_ids", "query_attention_mask", "passage_input_ids", "p
 @dataclass
 class RevelaOutput:
     loss: torch.Tensor
-    """Pass-3 NTP loss (what is trained)."""
+    """Pass-3 NTP loss (what is trained): the mean over groups of each group's mean token loss."""
     doc_weights: torch.Tensor
-    """Sim, [B, B], rows sum to 1 over j != i."""
+    """Sim, [B, B] for a one-group batch of [B, L] tensors, else [G, B, B]; rows sum to 1 over j != i."""
     pass2_loss: torch.Tensor | None = None
     """The same chunks' NTP loss without in-batch attention (detached; a metric)."""
 
 
+def group_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  groups: int = 1) -> torch.Tensor:
+    """Mean next-token cross-entropy over real (non-pad) target tokens, per group of consecutive rows: [groups]."""
+    labels = input_ids.masked_fill(attention_mask == 0, -100)[:, 1:]
+    tokens = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+                             reduction="none")
+    real = (labels != -100).view(groups, -1).sum(-1)
+    return tokens.view(groups, -1).sum(-1) / real.clamp_min(1)
+
+
 def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over real (non-pad) target tokens."""
-    labels = input_ids.masked_fill(attention_mask == 0, -100)[:, 1:]
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+    return group_lm_loss(logits, input_ids, attention_mask)[0]
 
 
 def similarity_weights(query_emb: torch.Tensor, passage_emb: torch.Tensor, temperature: float) -> torch.Tensor:
     """Sim_ij = softmax_j(cos(q_i, p_j) / tau) over j != i (embeddings are already L2-normalised).
 
-    Always in fp32, autocast or not: at tau=1e-4 one bf16 step of a cosine near 0.9 is ~40 logits.
+    Embeddings are [B, E] (one group) or [G, B, E]. Always in fp32, autocast or not: at tau=1e-4 one bf16 step of
+    a cosine near 0.9 is ~40 logits.
     """
     with torch.autocast(query_emb.device.type, enabled=False):
-        scores = (query_emb.float() @ passage_emb.float().T) / temperature
-        eye = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
+        scores = (query_emb.float() @ passage_emb.float().transpose(-1, -2)) / temperature
+        eye = torch.eye(scores.shape[-1], dtype=torch.bool, device=scores.device)
         return scores.masked_fill(eye, float("-inf")).softmax(dim=-1)
+
+
+def as_groups(batch: dict) -> tuple[dict[str, torch.Tensor], bool]:
+    """The model's tensors as [G, B, L] (a one-group batch may be [B, L]); also whether it was one bare group."""
+    bare = batch["lm_input_ids"].dim() == 2
+    return {k: (v.unsqueeze(0) if bare else v) for k, v in batch.items() if k in BATCH_KEYS}, bare
+
+
+def _same_width(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad the narrower of two [N, L] tensors with zeros (masked positions) so they can be stacked."""
+    width = max(a.shape[-1], b.shape[-1])
+    return F.pad(a, (0, width - a.shape[-1])), F.pad(b, (0, width - b.shape[-1]))
 
 
 def apply_finetune(module: nn.Module, mode: str, lora: LoraSettings, task_type: str) -> nn.Module:
@@ -64,7 +89,7 @@ def apply_finetune(module: nn.Module, mode: str, lora: LoraSettings, task_type: 
 
 class RevelaModel(nn.Module):
     def __init__(self, retriever: Retriever, lm: nn.Module, lm_tokenizer, temperature: float,
-                 v_norm: bool | None = None, inbatch_chunk: int | None = None):
+                 v_norm: bool | None = None, inbatch_chunk: int | None = None, inbatch_backend: str = "auto"):
         super().__init__()
         self.retriever = retriever
         self.lm = lm
@@ -72,6 +97,7 @@ class RevelaModel(nn.Module):
         self.temperature = temperature
         self.v_norm = v_norm
         self.inbatch_chunk = inbatch_chunk
+        self.inbatch_backend = inbatch_backend
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, lm_model: nn.Module | None = None,
@@ -99,34 +125,55 @@ class RevelaModel(nn.Module):
             if ".pooler." in f".{name}":  # the backbone's own pooler head is unused: we pool hidden states
                 p.requires_grad_(False)
         lm_model = apply_finetune(lm_model, lc.finetune, lc.lora, "CAUSAL_LM")
-        return cls(Retriever(backbone, r_tok, protocol), lm_model, l_tok, cfg.objective.temperature,
-                   cfg.objective.v_norm, cfg.objective.inbatch_chunk)
+        obj = cfg.objective
+        return cls(Retriever(backbone, r_tok, protocol), lm_model, l_tok, obj.temperature, obj.v_norm,
+                   obj.inbatch_chunk, obj.inbatch_backend)
 
     def similarity(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        q = self.retriever.embed(batch["query_input_ids"], batch["query_attention_mask"])
-        p = self.retriever.embed(batch["passage_input_ids"], batch["passage_attention_mask"])
-        return similarity_weights(q, p, self.temperature)
+        """Sim of each group: [B, B] for a [B, L] batch, else [G, B, B]. Both views go through one retriever forward."""
+        groups, bare = as_groups(batch)
+        G, B = groups["passage_input_ids"].shape[:2]
+        query, passage = _same_width(groups["query_input_ids"].flatten(0, 1), groups["passage_input_ids"].flatten(0, 1))
+        q_mask, p_mask = _same_width(groups["query_attention_mask"].flatten(0, 1),
+                                     groups["passage_attention_mask"].flatten(0, 1))
+        emb = self.retriever.embed(torch.cat([query, passage]), torch.cat([q_mask, p_mask])).view(2, G, B, -1)
+        weights = similarity_weights(emb[0], emb[1], self.temperature)
+        return weights[0] if bare else weights
+
+    def v_norm_flags(self, batch: dict, groups: int) -> bool | torch.Tensor:
+        """V-norm as configured, or (v_norm=None) on for prose and off for code groups: one bool when every group
+        agrees, else a [G] tensor. `is_code` is read on the host (the Trainer leaves it there: no device sync)."""
+        if self.v_norm is not None:
+            return self.v_norm
+        is_code = batch.get("is_code")
+        if is_code is None:
+            return True
+        prose = ~torch.as_tensor(is_code).reshape(-1).bool().cpu().expand(groups)
+        return bool(prose[0]) if bool((prose == prose[0]).all()) else prose
 
     def forward(self, batch: dict[str, torch.Tensor], doc_weights: torch.Tensor | None = None,
                 measure_pass2: bool = True) -> RevelaOutput:
-        """One group. Tensors are [B, L] (a leading streamed dim of 1 is squeezed). `doc_weights` overrides Sim.
-
-        V-norm: as configured, or (v_norm=None) on for prose and off for code groups (`is_code` in the batch).
-        """
-        v_norm = self.v_norm if self.v_norm is not None else not bool(batch.get("is_code", 0))
-        batch = {k: (v[0] if v.dim() == 3 else v) for k, v in batch.items() if k in BATCH_KEYS}
-        if batch["lm_input_ids"].shape[0] < 2:
+        """G groups of B chunks: tensors [G, B, L], or [B, L] for one group. `doc_weights` ([G, B, B] or, for one
+        group, [B, B]) overrides Sim."""
+        groups, _ = as_groups(batch)
+        G, B, L = groups["lm_input_ids"].shape
+        if B < 2:
             raise ValueError("a group needs at least 2 chunks: in-batch attention has nothing to attend to")
-        weights = self.similarity(batch) if doc_weights is None else doc_weights
-        ids, mask = batch["lm_input_ids"], batch["lm_attention_mask"]
+        sim = self.similarity(batch) if doc_weights is None else doc_weights  # returned as given: its grad is Sim's
+        weights = sim.reshape(G, B, B)
+        v_norm = self.v_norm_flags(batch, G)
+        if torch.is_tensor(v_norm):
+            v_norm = v_norm.to(weights.device, non_blocking=True)
+        ids, mask = groups["lm_input_ids"].flatten(0, 1), groups["lm_attention_mask"].flatten(0, 1)
         captured = InBatchState(capture=True)
         pass2 = self.lm(input_ids=ids, attention_mask=mask, revela_inbatch=captured,
                         logits_to_keep=0 if measure_pass2 else 1)
-        pass2_loss = lm_loss(pass2.logits.detach(), ids, mask) if measure_pass2 else None
+        pass2_loss = group_lm_loss(pass2.logits.detach(), ids, mask, G).mean() if measure_pass2 else None
         del pass2
-        state = captured.attend(weights, mask.bool(), v_norm, self.inbatch_chunk)
+        state = captured.attend(weights, mask.bool(), v_norm, self.inbatch_chunk, self.inbatch_backend)
         pass3 = self.lm(input_ids=ids, attention_mask=mask, revela_inbatch=state)
-        return RevelaOutput(lm_loss(pass3.logits, ids, mask), weights, pass2_loss)
+        loss = group_lm_loss(pass3.logits, ids, mask, G).mean()
+        return RevelaOutput(loss, sim, pass2_loss)
 
 
 def retriever_protocol(cfg: ModelConfig, backbone_config, path: str) -> EncodingProtocol:

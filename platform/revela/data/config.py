@@ -40,3 +40,6 @@ class DataConfig(StrictModel):
     on_bad_record: Literal["error", "skip"] = "error"
     """Malformed JSONL, missing text, non-UTF-8 records: stop with file:line, or skip and count."""
     rows_per_shard: int = Field(1024, ge=1)
+    stream_actors: int = Field(1, ge=1)
+    """Ray Data actors reading and tokenizing groups for training (half a CPU each): raise it when a fast GPU
+    waits for data (metrics: data_wait_fraction)."""

@@ -86,11 +86,12 @@ def heldout_and_training_data(cfg: RunConfig, run_dir: Path) -> TrainingData:
     heldout = held_table.select(["texts", "doc_ids", "kind"]).to_pylist()
     held_index = set(held_table.column("group_index").to_pylist()) if n_held else set()
 
-    ensure_data_headroom(cfg.ray.num_workers, cfg.ray.cpus_per_worker)
+    ensure_data_headroom(cfg.ray.num_workers, cfg.ray.cpus_per_worker, concurrency=cfg.data.stream_actors)
     tokenizer_kwargs = {"retriever_name": cfg.model.retriever.name, "lm_name": cfg.model.lm.name,
                         "protocol": retriever_protocol_for(cfg.model), "lm_max_length": cfg.model.lm.max_length,
                         "first_half_ratio": cfg.model.objective.first_half_ratio}
-    stream = build_stream(shards, tokenizer_kwargs, first_half=cfg.model.objective.first_half, exclude=held_index)
+    stream = build_stream(shards, tokenizer_kwargs, first_half=cfg.model.objective.first_half, exclude=held_index,
+                          concurrency=cfg.data.stream_actors)
     summary = {**summary, "heldout_groups": n_held, "training_groups": table.num_rows - n_held}
     return TrainingData(stream, dominant_kind(manifest), shards, summary, heldout)
 

@@ -32,5 +32,5 @@ class DashboardMetrics:
         for key, gauge in self.gauges.items():
             if key in metrics:
                 gauge.set(float(metrics[key]))
-        self.steps.inc(1)
+        self.steps.inc(float(metrics.get("interval_steps", 1)))
         self.tokens.inc(float(metrics.get("tokens", 0)))

@@ -99,48 +99,62 @@ def train_worker(config: dict) -> None:
             ray.train.report(metrics, checkpoint=ckpt, validation=validate and rank == 0)
 
     last_metrics: dict = {}
+    per_forward = cfg.train.groups_per_forward
     wait, started, epoch = 0.0, time.perf_counter(), data_state["epoch"]
+    interval = {"start": started, "groups": 0, "steps": 0}  # since the last logged step
     skip = data_state["groups_in_epoch"]
     while trainer.step < cfg.train.max_steps:
         pending, consumed = [], 0
-        batches = iter(shard.iter_torch_batches(batch_size=1, prefetch_batches=2))
+        batches = iter(shard.iter_torch_batches(batch_size=per_forward, prefetch_batches=2))
         t0 = time.perf_counter()
         for batch in batches:
             wait += time.perf_counter() - t0
-            consumed += 1
+            size = batch["lm_input_ids"].shape[0]
+            consumed += size
             if consumed <= skip:  # resuming mid-epoch: these groups were trained on before the restart
                 t0 = time.perf_counter()
                 continue
+            if consumed - size < skip:  # the resume point falls inside this batch
+                batch = {k: v[skip - (consumed - size):] for k, v in batch.items()}
             pending.append(batch)
             if len(pending) < cfg.train.grad_accum:
                 t0 = time.perf_counter()
                 continue
-            measure = (trainer.step + 1) % cfg.train.log_every == 0
-            step_start = time.perf_counter()
+            step_number = trainer.step + 1
+            every = cfg.train.checkpoint_every
+            saving = (every and step_number % every == 0) or step_number == cfg.train.max_steps
+            measure = step_number % cfg.train.log_every == 0 or saving
             try:
                 metrics = trainer.train_step(pending, measure=measure)
+                if saving:
+                    trainer.check_finite()  # never save a step that was not finite
             except NonFiniteLossError as err:  # raised on every rank at once: the Trainer agrees across ranks
                 if rank == 0:
                     (run_dir / STATUS_FILE).write_text(json.dumps(
-                        {"status": "non_finite_loss", "message": str(err), "step": trainer.step + 1}))
+                        {"status": "non_finite_loss", "message": str(err), "step": trainer.step}))
                 return  # the last reported checkpoint stays the newest one
             pending = []
             data_state = {"epoch": epoch, "groups_in_epoch": consumed, "world_size": world}
-            elapsed = time.perf_counter() - step_start
-            total = time.perf_counter() - started
-            metrics.update(epoch=epoch, step_time_s=elapsed, wall_time=time.time(),
-                           tokens_per_s=metrics["tokens"] * world / elapsed,
-                           groups_per_s=metrics["groups"] * world / elapsed,
-                           data_wait_fraction=wait / total if total else 0.0)
-            if device.type == "cuda":
-                metrics["gpu_max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-            last_metrics = metrics
-            if rank == 0:
-                with open(run_dir / METRICS_FILE, "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-                telemetry.record(metrics)
-            every = cfg.train.checkpoint_every
-            if (every and trainer.step % every == 0) or trainer.step == cfg.train.max_steps:
+            interval["groups"] += metrics["groups"]
+            interval["steps"] += 1
+            if measure:  # train_step read the device, so the time since the last logged step is real work
+                now = time.perf_counter()
+                elapsed = now - interval["start"]
+                metrics.update(epoch=epoch, step_time_s=elapsed / interval["steps"], wall_time=time.time(),
+                               interval_steps=interval["steps"],
+                               tokens_per_s=metrics["tokens"] * world / elapsed,
+                               groups_per_s=interval["groups"] * world / elapsed,
+                               groups_per_forward=per_forward,
+                               data_wait_fraction=wait / (now - started))
+                interval = {"start": now, "groups": 0, "steps": 0}
+                if device.type == "cuda":
+                    metrics["gpu_max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                last_metrics = metrics
+                if rank == 0:
+                    with open(run_dir / METRICS_FILE, "a") as f:
+                        f.write(json.dumps(metrics) + "\n")
+                    telemetry.record(metrics)
+            if saving:
                 checkpoint_and_report(metrics)
             elif measure:
                 ray.train.report(metrics)

@@ -1,0 +1,331 @@
+"""GPU benchmark of the Revela step and of in-batch attention, on random-init models of the real shapes (no weights).
+
+    python bench/bench_step.py --out results/step_gpu.json             # both tables on the visible GPU
+    python bench/bench_step.py --tables attention --batch 16 64 128    # one table
+    python bench/bench_step.py --plot results/step_gpu.json            # PNG of groups/s from a saved run (any machine)
+    python bench/bench_step.py --smoke                                 # tiny shapes on CPU: the script itself works
+
+Step table: one optimizer step of the Revela objective (two retriever views in one forward, LM pass 2 + pass 3,
+backward, fused AdamW, bf16 autocast over fp32 master weights, LoRA r=256 on retriever and LM) next to a plain NTP
+step of the same LoRA LM on the same G*B*L tokens. Attention table: one layer's in-batch attention forward +
+backward (bf16, H=14, Hkv=2, d=64 as Qwen2.5-0.5B) for the fused kernel, the blockwise torch path, the reference
+math that materialises [B, B, H, L, L], and a floor (one SDPA per chunk over all B*L keys of its group).
+Times are medians of timed repetitions after warm-up, with a device sync around each; peak memory is
+max_memory_allocated above what the inputs hold. Every row is printed as JSON as soon as it is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "platform"), str(ROOT / "tests")]  # runs from a bare checkout (no install needed)
+
+# Architecture hyperparameters of the published checkpoints (config.json of each), without their weights.
+SHAPES = {
+    "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                   num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                                   rope_theta=100000.0, tie_word_embeddings=True, max_position_embeddings=8192)),
+    "qwen2.5-0.5b": ("qwen2", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                   num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+                                   rope_theta=1000000.0, tie_word_embeddings=True, max_position_embeddings=32768)),
+    "llama-3.2-1b": ("llama", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                                   num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                                   rope_theta=500000.0, tie_word_embeddings=True, max_position_embeddings=131072)),
+    "tiny": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, vocab_size=1000, tie_word_embeddings=True)),
+}
+
+# (retriever, LM, B, G values): the issue's rows, then G > 1 where the GPU has room for it.
+STEP_CASES = [
+    ("smollm2-135m", "smollm2-135m", 16, (1, 4, 8, 16)),
+    ("smollm2-135m", "smollm2-135m", 64, (1, 2, 4)),
+    ("smollm2-135m", "smollm2-135m", 128, (1, 2)),
+    ("smollm2-135m", "qwen2.5-0.5b", 16, (1, 4, 8)),
+    ("smollm2-135m", "llama-3.2-1b", 16, (1, 2, 4, 8)),
+]
+SMOKE_CASES = [("tiny", "tiny", 4, (1, 2))]
+
+
+def config_of(shape: str):
+    from transformers import LlamaConfig, Qwen2Config
+
+    family, kwargs = SHAPES[shape]
+    return {"llama": LlamaConfig, "qwen2": Qwen2Config}[family](**kwargs)
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_reset(device) -> int:
+    gc.collect()
+    if device.type != "cuda":
+        return 0
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.memory_allocated(device)
+
+
+def peak_gib(device, base: int) -> float | None:
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**30 if device.type == "cuda" else None
+
+
+def timed(fn, device, reps: int, warmup: int) -> float:
+    """Median milliseconds of `fn` over `reps` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------------------------- step table
+
+def random_groups(G: int, B: int, L: int, vocab: int, device, seed: int = 0) -> dict:
+    """G groups of B chunks: LM and retriever inputs with a quarter of the chunks ending in padding."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (G, B, L), generator=g)
+    mask = torch.ones(G, B, L, dtype=torch.long)
+    lengths = torch.randint(L // 2, L, (G, B), generator=g)
+    short = torch.rand(G, B, generator=g) < 0.25
+    mask[short[..., None] & (torch.arange(L) >= lengths[..., None])] = 0
+    half = mask.clone()
+    half[..., L // 2:] = 0
+    batch = {"query_input_ids": ids, "query_attention_mask": half, "passage_input_ids": ids,
+             "passage_attention_mask": mask, "lm_input_ids": ids, "lm_attention_mask": mask}
+    return {k: v.to(device) for k, v in batch.items()} | {"is_code": torch.zeros(G, dtype=torch.long)}
+
+
+def build_revela(retriever: str, lm: str, L: int, device, lora_r: int, backend: str):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from revela.config import ModelConfig
+    from revela.model import RevelaModel
+
+    lora = {"r": lora_r, "alpha": 64, "dropout": 0.1}
+    cfg = ModelConfig.model_validate({
+        "retriever": {"name": retriever, "pooling": "eos", "max_length": L, "finetune": "lora", "lora": lora},
+        "lm": {"name": lm, "finetune": "lora", "max_length": L, "lora": lora},
+        "objective": {"temperature": 1e-4, "inbatch_backend": backend}})
+    with device:  # initialise on the device: random init of a 1B model on the CPU takes minutes
+        backbone = AutoModel.from_config(config_of(retriever), dtype=torch.float32)
+        lm_model = AutoModelForCausalLM.from_config(config_of(lm), dtype=torch.float32)
+    return RevelaModel.from_config(cfg, lm_model=lm_model, retriever_backbone=backbone,
+                                   tokenizers=(None, None)).to(device)
+
+
+def step_rows(retriever: str, lm: str, B: int, groups: tuple[int, ...], L: int, device, reps: int, warmup: int,
+              lora_r: int, backend: str):
+    from revela.config import TrainConfig
+    from revela.model import group_lm_loss
+    from revela.train.loop import Trainer
+
+    for G in groups:
+        row = {"table": "step", "retriever": retriever, "lm": lm, "B": B, "G": G, "L": L, "device": device_name(device)}
+        try:
+            base = peak_reset(device)
+            model = build_revela(retriever, lm, L, device, lora_r, backend)
+            trainer = Trainer(model, TrainConfig(max_steps=10**6, warmup_steps=0, precision="auto"), device)
+            batch = random_groups(G, B, L, model.lm.config.vocab_size, device)
+            ms = timed(lambda: trainer.train_step([batch], measure=False), device, reps, warmup)
+            row.update(revela_ms=ms, revela_peak_gib=peak_gib(device, base))
+            trainer.check_finite()
+
+            # the plain NTP step: same LoRA LM, same tokens, same optimizer and precision
+            lm_model = model.lm
+            params = [p for p in lm_model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda" or None)
+            ids = batch["lm_input_ids"].flatten(0, 1)
+            mask = batch["lm_attention_mask"].flatten(0, 1)
+
+            def plain_step():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    logits = lm_model(input_ids=ids, attention_mask=mask).logits
+                    loss = group_lm_loss(logits, ids, mask).mean()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            del trainer
+            base = peak_reset(device)
+            ms_plain = timed(plain_step, device, reps, warmup)
+            tokens = int(mask.sum())
+            row.update(plain_ms=ms_plain, plain_peak_gib=peak_gib(device, base),
+                       ratio=row["revela_ms"] / ms_plain, groups_per_s=G / (row["revela_ms"] / 1000),
+                       tokens_per_s=tokens / (row["revela_ms"] / 1000))
+        except torch.OutOfMemoryError:
+            row["error"] = "out of memory"
+        finally:
+            model = trainer = optimizer = lm_model = batch = None  # noqa: F841 (free before the next case)
+            peak_reset(device)
+        yield row
+
+
+# ---------------------------------------------------------------------------------------------- attention table
+
+def attention_rows(batches, device, dtype, reps: int, warmup: int, H=14, Hkv=2, L=160, d=64):
+    import torch.nn.functional as F
+
+    from oracle import plain_inbatch_attention
+    from revela.attention import inbatch_attention
+
+    def floor(q, k, v, w, mask):  # every chunk attends to all B*L keys of its group in one SDPA
+        B = q.shape[0]
+        keys = k.transpose(0, 1).reshape(1, Hkv, B * L, d).expand(B, -1, -1, -1)
+        values = v.transpose(0, 1).reshape(1, Hkv, B * L, d).expand(B, -1, -1, -1)
+        return F.scaled_dot_product_attention(q, keys, values, enable_gqa=True)
+
+    impls = {
+        "fused": lambda *a: inbatch_attention(*a, backend="triton"),
+        "blockwise": lambda *a: inbatch_attention(*a, backend="torch"),
+        "reference": lambda q, k, v, w, mask: plain_inbatch_attention(q, k, v, w, mask),
+        "floor": floor,
+    }
+    if device.type != "cuda":
+        impls.pop("fused")  # the interpreter on CPU is a correctness tool, not something to time
+    for B in batches:
+        g = torch.Generator(device=device).manual_seed(0)
+        for name, fn in impls.items():
+            row = {"table": "attention", "impl": name, "B": B, "H": H, "Hkv": Hkv, "L": L, "d": d,
+                   "dtype": str(dtype).removeprefix("torch."), "device": device_name(device)}
+            try:
+                q = torch.randn(B, H, L, d, device=device, dtype=dtype, generator=g).requires_grad_(True)
+                k = torch.randn(B, Hkv, L, d, device=device, dtype=dtype, generator=g).requires_grad_(True)
+                v = torch.randn(B, Hkv, L, d, device=device, dtype=dtype, generator=g).requires_grad_(True)
+                w = torch.randn(B, B, device=device, generator=g).softmax(-1).requires_grad_(True)
+                mask = torch.ones(B, L, dtype=torch.bool, device=device)
+                mask[:, L - L // 4:] = torch.rand(B, L // 4, device=device, generator=g) > 0.5
+                base = peak_reset(device)
+
+                def run():
+                    out = fn(q, k, v, w, mask)
+                    out.float().square().mean().backward()
+                    q.grad = k.grad = v.grad = w.grad = None
+
+                row["ms"] = timed(run, device, reps, warmup)
+                row["peak_gib"] = peak_gib(device, base)
+            except torch.OutOfMemoryError:
+                row["error"] = "out of memory"
+            finally:
+                q = k = v = w = mask = None  # noqa: F841
+                peak_reset(device)
+            yield row
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+def device_name(device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = []
+    attention = [r for r in rows if r["table"] == "attention"]
+    if attention:
+        floors = {r["B"]: r for r in attention if r["impl"] == "floor" and "ms" in r}
+        lines += ["| impl | B | fwd+bwd ms | peak GiB | time / floor | memory / floor |", "|---|---|---|---|---|---|"]
+        for r in attention:
+            f = floors.get(r["B"])
+            cells = [r["impl"], r["B"], _fmt(r.get("ms")), _fmt(r.get("peak_gib")),
+                     _fmt(r["ms"] / f["ms"] if f and "ms" in r else None),
+                     _fmt(r["peak_gib"] / f["peak_gib"] if f and r.get("peak_gib") and f.get("peak_gib") else None)]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |" + (f" {r['error']}" if "error" in r else ""))
+        lines.append("")
+    steps = [r for r in rows if r["table"] == "step"]
+    if steps:
+        lines += ["| retriever | LM | B | G | Revela step ms | plain step ms | ratio | groups/s | tokens/s | "
+                  "Revela peak GiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in steps:
+            cells = [r["retriever"], r["lm"], r["B"], r["G"], _fmt(r.get("revela_ms")), _fmt(r.get("plain_ms")),
+                     _fmt(r.get("ratio")), _fmt(r.get("groups_per_s")), _fmt(r.get("tokens_per_s"), 0),
+                     _fmt(r.get("revela_peak_gib"))]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |" + (f" {r['error']}" if "error" in r else ""))
+    return "\n".join(lines)
+
+
+def _fmt(x, digits: int = 2):
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r for r in rows if r["table"] == "step" and "groups_per_s" in r]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key in sorted({(r["retriever"], r["lm"], r["B"]) for r in steps}):
+        pts = sorted((r["G"], r["groups_per_s"]) for r in steps if (r["retriever"], r["lm"], r["B"]) == key)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{key[0]} + {key[1]}, B={key[2]}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("groups per forward (G)")
+    ax.set_ylabel("groups / s (one optimizer step per forward)")
+    ax.set_title(f"Revela step throughput ({steps[0]['device'] if steps else ''})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tables", nargs="+", choices=["attention", "step"], default=["attention", "step"])
+    parser.add_argument("--batch", nargs="+", type=int, default=[16, 64, 128], help="B for the attention table")
+    parser.add_argument("--L", type=int, default=160)
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--lora-r", type=int, default=256)
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"],
+                        help="in-batch attention inside the step")
+    parser.add_argument("--out", type=Path, help="write all rows as JSON (and a PNG of the step table beside it)")
+    parser.add_argument("--plot", type=Path, metavar="JSON", help="only draw the PNG of a saved run")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU, 1 rep: checks the script")
+    args = parser.parse_args()
+    if args.plot:
+        rows = json.loads(args.plot.read_text())["rows"]
+        plot(rows, args.plot.with_suffix(".png"))
+        print(markdown(rows))
+        return
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    cases, batches, L, dtype = STEP_CASES, args.batch, args.L, torch.bfloat16
+    if args.smoke:
+        cases, batches, L, dtype = SMOKE_CASES, [4], 16, torch.float32
+        args.reps, args.warmup, args.lora_r = 1, 1, 4
+    rows = []
+    if "attention" in args.tables:
+        for row in attention_rows(batches, device, dtype, args.reps, args.warmup, L=L, d=16 if args.smoke else 64):
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    if "step" in args.tables:
+        for retriever, lm, B, groups in cases:
+            for row in step_rows(retriever, lm, B, groups, L, device, args.reps, args.warmup, args.lora_r,
+                                 args.backend):
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    print(markdown(rows))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"argv": sys.argv[1:], "torch": torch.__version__, "rows": rows}, indent=1))
+        if any(r["table"] == "step" and "groups_per_s" in r for r in rows):
+            plot(rows, args.out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
