@@ -1,10 +1,11 @@
 """GPU benchmark of the Revela step and of in-batch attention, on random-init models of the real shapes (no weights).
 
-    python bench/bench_step.py --out results/step_gpu.json             # both tables on the visible GPU
+    python bench/bench_step.py --out results/step_gpu.json             # all tables on the visible GPU
     python bench/bench_step.py --tables attention --batch 16 64 128    # one table
     python bench/bench_step.py --plot results/step_gpu.json            # PNG of groups/s from a saved run (any machine)
     python bench/bench_step.py --smoke                                 # tiny shapes on CPU: the script itself works
 
+Agreement table: the fused kernels against the fp64 oracle (values and gradients) at training shapes.
 Step table: one optimizer step of the Revela objective (two retriever views in one forward, LM pass 2 + pass 3,
 backward, fused AdamW, bf16 autocast over fp32 master weights, LoRA r=256 on retriever and LM) next to a plain NTP
 step of the same LoRA LM on the same G*B*L tokens. Attention table: one layer's in-batch attention forward +
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
 import sys
 import time
@@ -228,6 +230,39 @@ def attention_rows(batches, device, dtype, reps: int, warmup: int, H=14, Hkv=2, 
             yield row
 
 
+# ---------------------------------------------------------------------------------------------- agreement
+
+def agreement_rows(device, smoke: bool):
+    """The fused kernels against the fp64 oracle at training shapes: relative error of values and gradients."""
+    from oracle import plain_inbatch_attention
+    from revela.attention import inbatch_attention
+
+    shapes = [(1, 4, 4, 2, 19, 16)] if smoke else [(1, 16, 14, 2, 160, 64), (2, 16, 9, 3, 157, 64),
+                                                    (1, 8, 4, 1, 96, 256)]
+    dtypes = [torch.float32] if smoke else [torch.bfloat16, torch.float32]
+    for (G, B, H, Hkv, L, d), dtype in [(s, t) for s in shapes for t in dtypes]:
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(G * B, h, L, d, generator=g).to(device, dtype).requires_grad_(True)
+                   for h in (H, Hkv, Hkv))
+        w = torch.randn(G, B, B, generator=g).softmax(-1).to(device).requires_grad_(True)
+        lengths = torch.randint(L // 2, L + 1, (G * B,), generator=g)
+        mask = (torch.arange(L)[None] < lengths[:, None]).to(device)
+        flags = torch.tensor([n % 2 == 0 for n in range(G)])
+        out = inbatch_attention(q, k, v, w, mask, v_norm=flags.to(device) if G > 1 else True, backend="triton")
+        ref = torch.cat([plain_inbatch_attention(q[n * B:(n + 1) * B].double(), k[n * B:(n + 1) * B].double(),
+                                                 v[n * B:(n + 1) * B].double(), w[n].double(),
+                                                 mask[n * B:(n + 1) * B], v_norm=bool(flags[n]) or G == 1)
+                         for n in range(G)])
+        go = torch.randn(ref.shape, generator=g).to(device)
+        got = torch.autograd.grad((out.double() * go).sum(), (q, k, v, w))
+        exp = torch.autograd.grad((ref * go).sum(), (q, k, v, w))
+        row = {"table": "agreement", "G": G, "B": B, "H": H, "Hkv": Hkv, "L": L, "d": d,
+               "dtype": str(dtype).removeprefix("torch."), "device": device_name(device),
+               "out": float((out.double() - ref).norm() / ref.norm())}
+        row.update({f"grad_{n}": float((a.double() - b).norm() / b.norm()) for n, a, b in zip("qkvw", got, exp)})
+        yield row
+
+
 # ---------------------------------------------------------------------------------------------- output
 
 def device_name(device) -> str:
@@ -236,6 +271,14 @@ def device_name(device) -> str:
 
 def markdown(rows: list[dict]) -> str:
     lines = []
+    agreement = [r for r in rows if r["table"] == "agreement"]
+    if agreement:
+        lines += ["| G | B | H/Hkv | L | d | dtype | out | grad q | grad k | grad v | grad w |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in agreement:
+            errs = " | ".join(f"{r[key]:.1e}" for key in ("out", "grad_q", "grad_k", "grad_v", "grad_w"))
+            lines.append(f"| {r['G']} | {r['B']} | {r['H']}/{r['Hkv']} | {r['L']} | {r['d']} | {r['dtype']} | {errs} |")
+        lines.append("")
     attention = [r for r in rows if r["table"] == "attention"]
     if attention:
         floors = {r["B"]: r for r in attention if r["impl"] == "floor" and "ms" in r}
@@ -286,7 +329,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tables", nargs="+", choices=["attention", "step"], default=["attention", "step"])
+    parser.add_argument("--tables", nargs="+", choices=["agreement", "attention", "step"],
+                        default=["agreement", "attention", "step"])
     parser.add_argument("--batch", nargs="+", type=int, default=[16, 64, 128], help="B for the attention table")
     parser.add_argument("--L", type=int, default=160)
     parser.add_argument("--reps", type=int, default=10)
@@ -306,9 +350,14 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     cases, batches, L, dtype = STEP_CASES, args.batch, args.L, torch.bfloat16
     if args.smoke:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # kernels run on the CPU in Triton's interpreter
         cases, batches, L, dtype = SMOKE_CASES, [4], 16, torch.float32
         args.reps, args.warmup, args.lora_r = 1, 1, 4
     rows = []
+    if "agreement" in args.tables:
+        for row in agreement_rows(device, args.smoke):
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     if "attention" in args.tables:
         for row in attention_rows(batches, device, dtype, args.reps, args.warmup, L=L, d=16 if args.smoke else 64):
             print(json.dumps(row), flush=True)

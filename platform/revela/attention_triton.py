@@ -42,14 +42,15 @@ VNORM_OFF, VNORM_ON, VNORM_PER_GROUP = 0, 1, 2
 @triton.jit
 def _score_tile(q, K, KM, k_base, m_base, t0, T, skt, skd, qk_scale, dims, dim_ok,
                 BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Base-2 logits of a block of query rows against keys t0..t0+BLOCK_N of one chunk; -inf where no real key."""
+    """Base-2 logits of a block of query rows against keys t0..t0+BLOCK_N of one chunk (-inf where no real key),
+    the key positions, and the transposed key tile."""
     ts = t0 + tl.arange(0, BLOCK_N)
     ok = ts < T
     kt = tl.load(K + k_base + ts[None, :] * skt + dims[:, None] * skd, mask=ok[None, :] & dim_ok[:, None], other=0.0)
     s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
     if HAS_MASK:
         ok = ok & (tl.load(KM + m_base + ts, mask=ok, other=0) != 0)
-    return tl.where(ok[None, :], s, float("-inf")), ts
+    return tl.where(ok[None, :], s, float("-inf")), ts, kt
 
 
 @triton.jit
@@ -109,8 +110,8 @@ def _forward_kernel(
         nsum = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         for t0 in range(0, T, BLOCK_N):
-            s, ts = _score_tile(q, K, KM, nj * skn + hk * skh, nj * T, t0, T, skt, skd, qk_scale, dims, dim_ok,
-                                BLOCK_N, HAS_MASK, DOT_PRECISION)
+            s, ts, _kt = _score_tile(q, K, KM, nj * skn + hk * skh, nj * T, t0, T, skt, skd, qk_scale, dims,
+                                     dim_ok, BLOCK_N, HAS_MASK, DOT_PRECISION)
             m_new = tl.maximum(m, tl.max(s, 1))
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # all keys so far are padding
             alpha = tl.exp2(m - m_use)
@@ -177,8 +178,8 @@ def _backward_query_kernel(
             nrm = tl.load(Nrm + stat, mask=row_ok, other=0.0)
         g = tl.zeros([BLOCK_M], dtype=tl.float32)
         for t0 in range(0, T, BLOCK_N):  # g_j = dout . a_j
-            s, ts = _score_tile(q, K, KM, k_base, nj * T, t0, T, skt, skd, qk_scale, dims, dim_ok,
-                                BLOCK_N, HAS_MASK, DOT_PRECISION)
+            s, ts, _kt = _score_tile(q, K, KM, k_base, nj * T, t0, T, skt, skd, qk_scale, dims, dim_ok,
+                                     BLOCK_N, HAS_MASK, DOT_PRECISION)
             p = tl.exp2(s - lse[:, None])
             vt = tl.load(V + v_base + ts[None, :] * svt + dims[:, None] * svd,
                          mask=(ts < T)[None, :] & dim_ok[:, None], other=0.0)
@@ -190,8 +191,8 @@ def _backward_query_kernel(
         if VNORM != 0:
             tl.store(Dn + stat, dn, mask=row_ok)
         for t0 in range(0, T, BLOCK_N):  # dq
-            s, ts = _score_tile(q, K, KM, k_base, nj * T, t0, T, skt, skd, qk_scale, dims, dim_ok,
-                                BLOCK_N, HAS_MASK, DOT_PRECISION)
+            s, ts, kt = _score_tile(q, K, KM, k_base, nj * T, t0, T, skt, skd, qk_scale, dims, dim_ok,
+                                    BLOCK_N, HAS_MASK, DOT_PRECISION)
             p = tl.exp2(s - lse[:, None])
             t_ok = ts < T
             vt = tl.load(V + v_base + ts[None, :] * svt + dims[:, None] * svd,
@@ -200,9 +201,7 @@ def _backward_query_kernel(
             if VNORM != 0:
                 vn = tl.load(VN + (nj * hkv + hk) * T + ts, mask=t_ok, other=0.0)
                 ds += p * (dn[:, None] * vn[None, :])
-            k = tl.load(K + k_base + ts[:, None] * skt + dims[None, :] * skd,
-                        mask=t_ok[:, None] & dim_ok[None, :], other=0.0)
-            dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+            dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=DOT_PRECISION)
     tl.store(DQ + n * sgn + h * sgh + rows[:, None] * sgl + dims[None, :] * sgd,
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=tile)
 
