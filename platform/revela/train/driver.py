@@ -109,7 +109,7 @@ def checkpoint_and_validation(cfg: RunConfig):
     ev = cfg.eval
     validation = validation_config(ev.datasets, num_cpus=ev.num_cpus, num_gpus=ev.num_gpus,
                                    max_queries=ev.max_queries, batch_size=ev.batch_size, max_length=ev.max_length,
-                                   record=True)
+                                   passage_max_length=ev.passage_max_length, record=True)
     keep = ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                       checkpoint_score_attribute=ev.select_best_by, checkpoint_score_order="max")
     return keep, validation
