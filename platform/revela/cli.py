@@ -83,12 +83,17 @@ def train(
 def export(
     source: str = typer.Argument(..., help="Training checkpoint directory (or a model name/path)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write."),
-    max_length: Optional[int] = typer.Option(None, help="Max tokens at inference (default: as trained)."),
+    max_length: Optional[int] = typer.Option(None, min=2, help="Max tokens at inference (default: as trained)."),
+    overwrite: bool = typer.Option(False, help="Replace the model in a non-empty --out folder."),
 ) -> None:
     """Write the retriever as a folder that sentence-transformers and transformers load directly."""
-    from revela.export import export_retriever
+    from revela.export import ExportError, export_retriever
+    from revela.modelfiles import ModelLoadError
 
-    typer.echo(str(export_retriever(source, out, max_length)))
+    try:
+        typer.echo(str(export_retriever(source, out, max_length, overwrite=overwrite)))
+    except (ExportError, ModelLoadError) as e:
+        _fail(f"error: {e}")
 
 
 def _register_subcommands() -> None:
