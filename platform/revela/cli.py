@@ -67,6 +67,7 @@ def train(
 ) -> None:
     """Train a retriever with Revela on Ray Train (an embedded local Ray when ray.address is not set)."""
     from revela.train.driver import RunConflictError, TrainingStoppedError, run
+    from revela.train.resume import LostCheckpointError
 
     if resume and overwrite:
         _fail("--resume and --overwrite exclude each other")
@@ -74,7 +75,7 @@ def train(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         report = run(cfg, mode="resume" if resume else "overwrite" if overwrite else "auto")
-    except (RunConflictError, TrainingStoppedError) as e:
+    except (RunConflictError, TrainingStoppedError, LostCheckpointError) as e:
         _fail(str(e))
     typer.echo(json.dumps(report, indent=2, default=str))
 
