@@ -168,7 +168,7 @@ def test_3_eager_attention_is_supported_and_matches_sdpa():
                                           ("--passage-max-length", "1"), ("--num-actors", "0")])
 def test_4_8_bad_numbers_are_refused_at_parse_time(models, data, tmp_path, option, value):
     res = cli("evaluate", "--model", models[0], "--dataset", data, "--output", tmp_path / "r.json", option, value)
-    one_error_line(res, f"Invalid value for '{option}'")
+    one_error_line(res, f"Invalid value for '{option}': must be at least", f"got {value}")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -191,7 +191,7 @@ def test_5_export_refuses_a_non_empty_folder_and_writes_uniform_permissions(mode
     assert len(set(modes.values())) == 1, modes  # model.safetensors as readable as the rest
     before = files(out)
     one_error_line(cli("export", backbone, "--out", out), "not empty", "--overwrite")
-    one_error_line(cli("export", ckpt, "--out", out, "--max-length", "-1"), "Invalid value for '--max-length'")
+    one_error_line(cli("export", ckpt, "--out", out, "--max-length", "-1"), "Invalid value for '--max-length': must be at least 2, got -1")
     assert files(out) == before  # the exported model is intact
     res = cli("export", backbone, "--out", out, "--overwrite", "--max-length", "64")
     assert res.exit_code == 0, res.output

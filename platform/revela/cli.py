@@ -11,6 +11,7 @@ import typer
 import yaml
 
 from revela.configbase import ConfigError, load_config
+from revela.options import at_least
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Self-supervised dense-retriever training (Revela) on Ray.")
 
@@ -84,7 +85,8 @@ def train(
 def export(
     source: str = typer.Argument(..., help="Training checkpoint directory (or a model name/path)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write."),
-    max_length: Optional[int] = typer.Option(None, min=2, help="Max tokens at inference (default: as trained)."),
+    max_length: Optional[int] = typer.Option(None, callback=at_least(2),
+                                             help="Max tokens at inference (default: as trained)."),
     overwrite: bool = typer.Option(False, help="Replace the model in a non-empty --out folder."),
 ) -> None:
     """Write the retriever as a folder that sentence-transformers and transformers load directly."""
