@@ -63,6 +63,9 @@ Encoder = Literal["auto", "local", "ray"]
 __all__ = ["ModelLoadError", "checkpoint_step", "evaluate", "load_retriever", "resolve_model_path"]
 
 
+# --------------------------------------------------------------------------------------------------- models
+
+
 EVAL_PASSAGE_MAX_LENGTH = 512
 """Tokens per passage at evaluation (the authors' evaluation encodes passages at 512); queries stay as trained."""
 
