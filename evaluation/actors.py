@@ -60,13 +60,15 @@ def _dev_sets(datasets: list[str], split: str, max_queries: int | None, eval_dir
 
 def score_checkpoint(checkpoint_dir: str, datasets: list[str], *, split: str = "test",
                      max_queries: int | None = None, batch_size: int = 32, max_length: int | None = None,
-                     k: int = 100, prefix: str = "dev", eval_dir: str | None = None,
-                     record: bool = False) -> dict[str, float]:
+                     passage_max_length: int | None = 512, k: int = 100, prefix: str = "dev",
+                     eval_dir: str | None = None, record: bool = False) -> dict[str, float]:
     """Flat metrics of the retriever in `checkpoint_dir` on `datasets` (directories or suite names).
 
     checkpoint_dir is a training checkpoint (revela_checkpoint.json + retriever/), an exported folder or a plain
-    model folder; the retriever is encoded with the protocol it carries. record=True also writes the full report
-    and the flat metrics to `<checkpoint_dir>/revela_eval.json`, attaching the scores to the checkpoint itself.
+    model folder; the retriever is encoded with the protocol it carries, queries at `max_length` (None: as trained)
+    and passages at `passage_max_length` (None: as trained), as `revela evaluate` does. record=True also writes
+    the full report and the flat metrics to `<checkpoint_dir>/revela_eval.json`, attaching the scores to the
+    checkpoint itself.
     Raises `ModelLoadError` for a folder that is not a usable model.
     """
     from revela.evaluation.run import evaluate
@@ -76,7 +78,7 @@ def score_checkpoint(checkpoint_dir: str, datasets: list[str], *, split: str = "
     start = time.perf_counter()
     sets = _dev_sets(list(datasets), split, max_queries, eval_dir)
     report = evaluate(str(checkpoint_dir), sets, None, split=split, batch_size=batch_size, max_length=max_length,
-                      k=k, encoder="local", progress=False, show_table=False)
+                      passage_max_length=passage_max_length, k=k, encoder="local", progress=False, show_table=False)
     flat: dict[str, float] = {}
     for metric in ("ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100"):
         flat[f"{prefix}_{metric}"] = float(report["average"][metric])
@@ -90,7 +92,7 @@ def score_checkpoint(checkpoint_dir: str, datasets: list[str], *, split: str = "
     if record:
         target = Path(checkpoint_dir, EVAL_FILE)
         tmp = target.with_name(f".{EVAL_FILE}.tmp")
-        tmp.write_text(json.dumps({"metrics": flat, "report": report}, indent=2) + "\n")
+        tmp.write_text(json.dumps({"metrics": flat, "report": report}, indent=2, allow_nan=False) + "\n")
         os.replace(tmp, target)
     log.info("scored %s: %s=%.4f", checkpoint_dir, f"{prefix}_ndcg_at_10", flat[f"{prefix}_ndcg_at_10"])
     return flat
@@ -105,8 +107,9 @@ def validate_checkpoint(checkpoint, **kwargs) -> dict[str, float]:
 def validation_config(datasets: list[str], *, num_cpus: float = 0.5, num_gpus: float = 0, **score_kwargs):
     """A `ray.train.ValidationConfig` that scores every checkpoint reported with `validation=True`.
 
-    score_kwargs (JSON values: max_queries, batch_size, max_length, split, prefix, eval_dir, record) go to
-    `score_checkpoint`. On a small CPU box keep num_cpus fractional, or the task queues behind the workers.
+    score_kwargs (JSON values: max_queries, batch_size, max_length, passage_max_length, split, prefix, eval_dir,
+    record) go to `score_checkpoint`. On a small CPU box keep num_cpus fractional, or the task queues behind the
+    workers.
     """
     from ray.train import ValidationConfig, ValidationTaskConfig
 

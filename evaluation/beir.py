@@ -179,6 +179,15 @@ def _qrels_rows(path: Path, data: bytes):
         yield lineno, qid, did, int(value)
 
 
+def _require_some(path: Path, kept: dict, empty: int, what: str) -> None:
+    """An empty corpus or query file is named as such (not reported later as 'no query has judgements')."""
+    if kept:
+        return
+    if empty:
+        raise DatasetError(f"{path}: every {what} is empty ({empty} records with no text)")
+    raise DatasetError(f"{path}: empty (no {what} records)")
+
+
 def load_beir(path: str | Path, split: str = "test", strict: bool = False, name: str | None = None) -> BeirDataset:
     """Read a BEIR-layout directory; see the module docstring for what is an error and what is a counted skip."""
     path = Path(path)
@@ -196,6 +205,7 @@ def load_beir(path: str | Path, split: str = "test", strict: bool = False, name:
             issues.add("empty_docs", f"{corpus_file.name}:{lineno} {did!r}")
             continue
         corpus[did] = (title, text)
+    _require_some(corpus_file, corpus, issues.counts.get("empty_docs", 0), "document")
     all_queries: dict[str, str] = {}
     for lineno, qid, rec in _records(queries_file, blobs["queries.jsonl"]):
         text = rec.get("text") or ""
@@ -203,6 +213,7 @@ def load_beir(path: str | Path, split: str = "test", strict: bool = False, name:
             issues.add("empty_queries", f"{queries_file.name}:{lineno} {qid!r}")
             continue
         all_queries[qid] = text
+    _require_some(queries_file, all_queries, issues.counts.get("empty_queries", 0), "query")
 
     qrels: dict[str, dict[str, int]] = {}
     where = f"qrels/{split}.tsv"

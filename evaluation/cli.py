@@ -17,6 +17,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from revela.options import at_least
+
 
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
@@ -32,14 +34,19 @@ def evaluate_cmd(
     bm25: Annotated[bool, typer.Option("--bm25", help="add BM25 baselines (plain and identifier-split)")] = False,
     baseline_model: Annotated[Optional[str], typer.Option(help="also score this untrained backbone")] = None,
     split: Annotated[str, typer.Option(help="qrels split")] = "test",
-    batch_size: Annotated[int, typer.Option(help="texts per forward pass")] = 64,
-    max_length: Annotated[Optional[int], typer.Option(help="override the protocol's max length")] = None,
-    k: Annotated[int, typer.Option(help="documents retrieved per query")] = 100,
+    batch_size: Annotated[int, typer.Option(callback=at_least(1), help="texts per forward pass")] = 64,
+    max_length: Annotated[Optional[int], typer.Option(callback=at_least(2), help="query tokens (default: as "
+                                                      "trained)")] = None,
+    passage_max_length: Annotated[int, typer.Option(callback=at_least(2), help="passage tokens (the authors "
+                                                    "evaluate at 512)")] = 512,
+    k: Annotated[int, typer.Option(callback=at_least(1), help="documents retrieved per query")] = 100,
     index: Annotated[str, typer.Option(help="FAISS factory string; Flat = exact")] = "Flat",
     index_params: Annotated[Optional[str], typer.Option(help="FAISS search parameters, e.g. nprobe=32")] = None,
     encoder: Annotated[str, typer.Option(help="auto, local or ray (actor pool)")] = "auto",
-    num_actors: Annotated[Optional[int], typer.Option(help="encoder actors for --encoder ray")] = None,
-    max_queries: Annotated[Optional[int], typer.Option(help="sample at most this many queries per dataset")] = None,
+    num_actors: Annotated[Optional[int], typer.Option(callback=at_least(1), help="encoder actors for --encoder "
+                                                      "ray")] = None,
+    max_queries: Annotated[Optional[int], typer.Option(callback=at_least(1), help="sample at most this many "
+                                                        "queries per dataset")] = None,
     eval_dir: Annotated[Optional[Path], typer.Option(help="where suite datasets are built")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bars")] = False,
 ) -> None:
@@ -47,6 +54,8 @@ def evaluate_cmd(
     from revela.evaluation.beir import DatasetError
     from revela.evaluation.run import ModelLoadError, evaluate
 
+    if encoder not in ("auto", "local", "ray"):
+        _fail(f"--encoder must be auto, local or ray, got {encoder!r}")
     if encoder == "ray":
         import ray
 
@@ -54,9 +63,9 @@ def evaluate_cmd(
             ray.init()  # attaches to RAY_ADDRESS / a running cluster, else starts a local one
     try:
         evaluate(model, dataset, output, bm25=bm25, baseline_model=baseline_model, split=split,
-                 batch_size=batch_size, max_length=max_length, k=k, index=index, index_params=index_params,
-                 encoder=encoder, num_actors=num_actors, max_queries=max_queries, eval_dir=eval_dir,
-                 progress=not no_progress)
+                 batch_size=batch_size, max_length=max_length, passage_max_length=passage_max_length, k=k,
+                 index=index, index_params=index_params, encoder=encoder, num_actors=num_actors,
+                 max_queries=max_queries, eval_dir=eval_dir, progress=not no_progress)
     except (DatasetError, ModelLoadError, ValueError) as e:  # bad input: say why, no traceback
         _fail(str(e))
     typer.echo(f"wrote {output}")

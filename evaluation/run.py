@@ -12,9 +12,11 @@ built into `eval_dir` on first use).
 Report (`SCHEMA`)::
 
     {"schema": "revela.evaluation/v1", "created": ISO time, "wall_time_s": float,
-     "model": {"name", "path", "checkpoint_step" (int or null), "protocol": {pooling, prefixes, max_length, ...}},
-     "settings": {"split", "k", "index", "index_params", "batch_size", "max_length", "encoder",
-                  "ignore_identical_ids", "max_queries"},
+     "model": {"name", "path", "checkpoint_step" (int or null),
+               "protocol": {pooling, prefixes, max_length (queries), passage_max_length, ...} as evaluated},
+     "settings": {"split", "k", "index", "index_params", "batch_size", "max_length" (queries; null: as trained),
+                  "passage_max_length" (default 512; null: as trained), "encoder", "ignore_identical_ids",
+                  "max_queries"},
      "versions": {"python", "revela-platform", "torch", "transformers", "ray", "faiss", "bm25s",
                   "pytrec-eval-terrier", "numpy"},
      "datasets": {NAME: {"ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100", "main_score" (= ndcg_at_10),
@@ -22,7 +24,7 @@ Report (`SCHEMA`)::
                          "domain", "skipped": {issue: count}, "run_file": path or null,
                          "timing_s": {"encode", "search", "metrics"},
                          "baselines": {"bm25": {metrics..., "run_file"}, "bm25_ident_split": {...},
-                                       "backbone": {"model": name, metrics..., "run_file"}}}},
+                                       "backbone": {"model": name, "protocol", metrics..., "run_file"}}}},
      "average": {"datasets": [NAME, ...], "ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100", "main_score"}}
 
 When `model` is None the dataset entries hold BM25 (identifier-split BM25 on code datasets) at the top level,
@@ -47,79 +49,71 @@ from typing import Literal
 import numpy as np
 
 from revela.evaluation.beir import BeirDataset, load_beir
+from revela.evaluation.checks import check_finite, check_index, check_lengths, check_output, check_settings
 from revela.evaluation.encode import encode_local
 from revela.evaluation.metrics import MAIN_SCORE, aggregate, bootstrap_ci, per_query
 from revela.evaluation.search import EXACT, search, to_run
+from revela.modelfiles import ModelLoadError, checkpoint_step, load_checked_retriever, resolve_model_path
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "revela.evaluation/v1"
 METRIC_KEYS = ("ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100", "main_score")
 Encoder = Literal["auto", "local", "ray"]
-
-
-class ModelLoadError(ValueError):
-    """A model or checkpoint that cannot be used as a retriever; the message says why."""
+__all__ = ["ModelLoadError", "checkpoint_step", "evaluate", "load_retriever", "resolve_model_path"]
 
 
 # --------------------------------------------------------------------------------------------------- models
 
 
-def checkpoint_step(path: str | Path) -> int | None:
-    """`step` from a training checkpoint's revela_checkpoint.json, if there is one."""
-    from revela.retriever import CHECKPOINT_MARKER
-
-    marker = Path(path, CHECKPOINT_MARKER)
-    if not marker.is_file():
-        return None
-    try:
-        step = json.loads(marker.read_text()).get("step")
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise ModelLoadError(f"{marker}: not a JSON object ({e})") from None
-    return int(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else None
+EVAL_PASSAGE_MAX_LENGTH = 512
+"""Tokens per passage at evaluation (the authors' evaluation encodes passages at 512); queries stay as trained."""
 
 
-def resolve_model_path(model: str) -> str:
-    """A local path for `model` (asset aliases are built), checked for the files a retriever needs."""
-    from revela.assets import resolve_model
-    from revela.retriever import CHECKPOINT_MARKER
-
-    try:
-        path = resolve_model(str(model))
-    except (ValueError, FileNotFoundError) as e:
-        raise ModelLoadError(str(e)) from None
-    p = Path(path)
-    if p.is_dir():
-        inner = p / "retriever" if (p / CHECKPOINT_MARKER).is_file() else p
-        if (p / CHECKPOINT_MARKER).is_file() and not inner.is_dir():
-            raise ModelLoadError(f"{p} has {CHECKPOINT_MARKER} but no retriever/ folder: an incomplete checkpoint")
-        if not ((inner / "config.json").is_file() or (inner / "adapter_config.json").is_file()):
-            raise ModelLoadError(f"{inner}: no config.json or adapter_config.json; not a model, export or "
-                                 f"training checkpoint directory")
-    return path
+def evaluation_protocol(protocol, config, max_length: int | None, passage_max_length: int | None):
+    """The protocol to evaluate with: queries at `max_length` (None: as the protocol says), passages at
+    `passage_max_length` (None: as the protocol says), both within the backbone's position limit."""
+    query_len = max_length or protocol.max_length
+    passage_len = passage_max_length or protocol.length("passage")
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and limit > 0 and max(query_len, passage_len) > limit:
+        log.warning("evaluation lengths capped at the backbone's %d positions", limit)
+        query_len, passage_len = min(query_len, limit), min(passage_len, limit)
+    return protocol.model_copy(update={"max_length": int(query_len), "passage_max_length": int(passage_len)})
 
 
-def load_retriever(model: str, max_length: int | None = None, dtype: str | None = None):
-    """`Retriever.load` with clear errors for incompatible folders, the protocol's max_length overridden if asked."""
+def load_retriever(model: str, max_length: int | None = None, dtype: str | None = None,
+                   passage_max_length: int | None = None):
+    """A checked `Retriever.load` (revela.modelfiles) with the evaluation lengths set, on the GPU when there is one."""
     import torch
 
-    from revela.retriever import Retriever
-
-    path = resolve_model_path(model)
-    try:
-        retriever = Retriever.load(path, dtype=getattr(torch, dtype) if dtype else None)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise ModelLoadError(f"{model}: cannot load as a retriever: {e}") from e
-    vocab = len(retriever.tokenizer)
-    emb = retriever.backbone.get_input_embeddings()
-    if emb is not None and vocab > emb.num_embeddings:
-        raise ModelLoadError(f"{model}: incompatible tokenizer and weights: the tokenizer has {vocab} tokens but the "
-                             f"model's embedding table only {emb.num_embeddings} rows")
-    if max_length:
-        retriever.protocol = retriever.protocol.model_copy(update={"max_length": int(max_length)})
+    retriever = load_checked_retriever(model, dtype)
+    retriever.protocol = evaluation_protocol(retriever.protocol, retriever.backbone.config, max_length,
+                                             passage_max_length)
     if torch.cuda.is_available():
         retriever.to("cuda")
     return retriever
+
+
+def embedding_dim(model: str) -> int | None:
+    """The retriever's embedding size from its config files (no weights loaded); None when it cannot tell."""
+    from transformers import AutoConfig
+
+    from revela.assets import resolve_model
+    from revela.modelfiles import model_folder
+
+    path = resolve_model_path(model)  # a broken model folder is an error here, before anything is encoded
+    if not Path(path).is_dir():
+        return None
+    inner = model_folder(Path(path))
+    try:
+        adapter = inner / "adapter_config.json"
+        if adapter.is_file() and not (inner / "config.json").is_file():
+            inner = Path(resolve_model(json.loads(adapter.read_text())["base_model_name_or_path"]))
+        size = getattr(AutoConfig.from_pretrained(inner), "hidden_size", None)
+    except (OSError, ValueError, KeyError):
+        return None
+    return size if isinstance(size, int) else None
 
 
 # ------------------------------------------------------------------------------------------------- datasets
@@ -145,14 +139,14 @@ def load_datasets(datasets, split: str = "test", eval_dir: str | Path | None = N
 
 
 def _encode_all(model: str, datasets: list[BeirDataset], encoder: str, batch_size: int, max_length: int | None,
-                progress: bool, num_actors: int | None, dtype: str | None):
+                passage_max_length: int | None, progress: bool, num_actors: int | None, dtype: str | None):
     """(protocol dict, [(query emb, doc emb)] per dataset, encode seconds per dataset)."""
     import ray
 
     if encoder == "auto":
         encoder = "ray" if ray.is_initialized() else "local"
     if encoder == "local":
-        retriever = load_retriever(model, max_length, dtype)
+        retriever = load_retriever(model, max_length, dtype, passage_max_length)
         embs, secs = [], []
         for ds in datasets:
             t = time.perf_counter()
@@ -163,21 +157,21 @@ def _encode_all(model: str, datasets: list[BeirDataset], encoder: str, batch_siz
         return retriever.protocol.model_dump(), embs, secs, "local"
     if encoder != "ray":
         raise ValueError(f"encoder must be auto, local or ray, got {encoder!r}")
-    from revela.evaluation.encode import encode_ray
-    from revela.protocol import EncodingProtocol
-    from revela.retriever import CHECKPOINT_MARKER, native_protocol
-
-    path = resolve_model_path(model)
-    # the protocol the model travels with, read here so the report states it and max_length can be overridden
     from transformers import AutoConfig
 
-    inner = Path(path, "retriever") if Path(path, CHECKPOINT_MARKER).is_file() else Path(path)
-    protocol = EncodingProtocol.load(inner) if (inner / "adapter_config.json").is_file() else \
-        native_protocol(str(inner), AutoConfig.from_pretrained(inner))
+    from revela.evaluation.encode import encode_ray
+    from revela.modelfiles import model_folder
+    from revela.protocol import EncodingProtocol
+    from revela.retriever import native_protocol
+
+    path = resolve_model_path(model)
+    # the protocol the model travels with, read here so the report states it and the lengths can be set
+    inner = model_folder(Path(path))
+    config = None if (inner / "adapter_config.json").is_file() else AutoConfig.from_pretrained(inner)
+    protocol = EncodingProtocol.load(inner) if config is None else native_protocol(str(inner), config)
     if protocol is None:
         raise ModelLoadError(f"{inner} has LoRA adapters but no revela_protocol.json")
-    if max_length:
-        protocol = protocol.model_copy(update={"max_length": int(max_length)})
+    protocol = evaluation_protocol(protocol, config, max_length, passage_max_length)
     t = time.perf_counter()
     out = encode_ray(path, {"passage": [text for ds in datasets for text in ds.doc_texts()],
                             "query": [text for ds in datasets for text in ds.query_texts()]},
@@ -237,23 +231,39 @@ def _versions() -> dict[str, str | None]:
 
 def evaluate(model: str | None, datasets, output: str | Path | None = None, *, bm25: bool = False,
              baseline_model: str | None = None, split: str = "test", batch_size: int = 64,
-             max_length: int | None = None, k: int = 100, index: str = EXACT, index_params: str | None = None,
-             shard_size: int | None = None, encoder: Encoder = "auto", num_actors: int | None = None,
-             dtype: str | None = None, ignore_identical_ids: bool = True, max_queries: int | None = None,
-             eval_dir: str | Path | None = None, progress: bool = True, show_table: bool = True) -> dict:
-    """Score `model` (and the asked-for baselines) on `datasets`; write `output` and its run files; the report."""
+             max_length: int | None = None, passage_max_length: int | None = EVAL_PASSAGE_MAX_LENGTH, k: int = 100,
+             index: str = EXACT, index_params: str | None = None, shard_size: int | None = None,
+             encoder: Encoder = "auto", num_actors: int | None = None, dtype: str | None = None,
+             ignore_identical_ids: bool = True, max_queries: int | None = None, eval_dir: str | Path | None = None,
+             progress: bool = True, show_table: bool = True) -> dict:
+    """Score `model` (and the asked-for baselines) on `datasets`; write `output` and its run files; the report.
+
+    Queries are encoded at `max_length` tokens (None: as the model was trained), passages at `passage_max_length`
+    (None: as trained), the same for the model and the backbone baseline. Every setting, the model folders, the
+    index string and the output path are checked before anything is encoded; run files and the report are
+    written only once everything has been scored.
+    """
     if model is None and not bm25:
         raise ValueError("nothing to evaluate: give a model, or bm25=True for a BM25-only report")
+    if encoder not in ("auto", "local", "ray"):
+        raise ValueError(f"encoder must be auto, local or ray, got {encoder!r}")
+    check_settings(batch_size=batch_size, k=k, max_queries=max_queries, num_actors=num_actors, shard_size=shard_size)
+    check_lengths(max_length=max_length, passage_max_length=passage_max_length)
+    check_output(output)
+    dense_models = [m for m in (model, baseline_model) if m is not None]
+    for name in dense_models:
+        check_index(index, index_params, embedding_dim(name))  # also checks each model folder
     start = time.perf_counter()
     sets = load_datasets(datasets, split, eval_dir, max_queries)
     runs_dir = Path(output).with_name(Path(output).stem + ".runs") if output else None
+    pending: list[tuple[Path, dict, str]] = []  # run files, written with the report at the end
     report: dict = {
         "schema": SCHEMA,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": None,
         "settings": {"split": split, "k": k, "index": index, "index_params": index_params, "batch_size": batch_size,
-                     "max_length": max_length, "encoder": encoder, "ignore_identical_ids": ignore_identical_ids,
-                     "max_queries": max_queries},
+                     "max_length": max_length, "passage_max_length": passage_max_length, "encoder": encoder,
+                     "ignore_identical_ids": ignore_identical_ids, "max_queries": max_queries},
         "versions": _versions(),
         "datasets": {},
     }
@@ -261,9 +271,15 @@ def evaluate(model: str | None, datasets, output: str | Path | None = None, *, b
                          "path": str(Path(ds.path).resolve()), "split": ds.split, "domain": ds.domain,
                          "skipped": ds.issues, "run_file": None, "baselines": {}} for ds in sets}
 
+    def run_file(name: str, run: dict, tag: str) -> str | None:
+        if not runs_dir:
+            return None
+        pending.append((runs_dir / name, run, tag))
+        return str(runs_dir / name)
+
     def dense(name: str):
-        protocol, embs, secs, used = _encode_all(name, sets, encoder, batch_size, max_length, progress, num_actors,
-                                                 dtype)
+        protocol, embs, secs, used = _encode_all(name, sets, encoder, batch_size, max_length, passage_max_length,
+                                                 progress, num_actors, dtype)
         results = []
         for ds, (q, d), enc_s in zip(sets, embs, secs):
             t = time.perf_counter()
@@ -285,19 +301,13 @@ def evaluate(model: str | None, datasets, output: str | Path | None = None, *, b
         report["settings"]["encoder"] = used
         for ds, (run, metrics) in zip(sets, results):
             entries[ds.name].update(metrics)
-            if runs_dir:
-                f = runs_dir / f"{ds.name}.trec"
-                write_trec(f, run, _tag(str(model)))
-                entries[ds.name]["run_file"] = str(f)
+            entries[ds.name]["run_file"] = run_file(f"{ds.name}.trec", run, _tag(str(model)))
     if baseline_model is not None:
-        _, results, _ = dense(baseline_model)
+        protocol, results, _ = dense(baseline_model)
         for ds, (run, metrics) in zip(sets, results):
-            base = {"model": str(baseline_model), **metrics, "run_file": None}
-            if runs_dir:
-                f = runs_dir / f"{ds.name}.backbone.trec"
-                write_trec(f, run, _tag(str(baseline_model)))
-                base["run_file"] = str(f)
-            entries[ds.name]["baselines"]["backbone"] = base
+            entries[ds.name]["baselines"]["backbone"] = {
+                "model": str(baseline_model), "protocol": protocol, **metrics,
+                "run_file": run_file(f"{ds.name}.backbone.trec", run, _tag(str(baseline_model)))}
     if bm25:
         from revela.evaluation.baselines import bm25_run
 
@@ -305,13 +315,9 @@ def evaluate(model: str | None, datasets, output: str | Path | None = None, *, b
             for key, ident in (("bm25", False), ("bm25_ident_split", True)):
                 t = time.perf_counter()
                 run = bm25_run(ds, k=k, ident_split=ident)
-                base = {**_score(ds, run, ignore_identical_ids), "seconds": round(time.perf_counter() - t, 3),
-                        "run_file": None}
-                if runs_dir:
-                    f = runs_dir / f"{ds.name}.{key}.trec"
-                    write_trec(f, run, key)
-                    base["run_file"] = str(f)
-                entries[ds.name]["baselines"][key] = base
+                entries[ds.name]["baselines"][key] = {
+                    **_score(ds, run, ignore_identical_ids), "seconds": round(time.perf_counter() - t, 3),
+                    "run_file": run_file(f"{ds.name}.{key}.trec", run, key)}
             if model is None:  # BM25-only report: the right BM25 variant for the domain is the headline
                 best = "bm25_ident_split" if ds.domain == "code" else "bm25"
                 entries[ds.name].update({m: entries[ds.name]["baselines"][best][m]
@@ -324,11 +330,14 @@ def evaluate(model: str | None, datasets, output: str | Path | None = None, *, b
     report["average"] = {"datasets": [ds.name for ds in sets],
                          **{m: float(np.mean([e[m] for e in report["datasets"].values()])) for m in METRIC_KEYS}}
     report["wall_time_s"] = round(time.perf_counter() - start, 3)
+    check_finite(report)
     if output:
+        for path, run, tag in pending:
+            write_trec(path, run, tag)
         out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
         os.replace(tmp, out)
     if show_table:
         print_table(report)

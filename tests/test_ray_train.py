@@ -5,6 +5,7 @@ One local Ray cluster for the module; each test uses its own run name under tmp 
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -78,6 +79,13 @@ def test_finished_or_changed_run_is_refused_unless_asked(ray_cluster, assets, tm
     more = config(assets, tmp_path, "guarded", num_workers=1, max_steps=3, heldout_groups=0)
     run(more, mode="resume")  # continues from the step-2 checkpoint instead of starting over
     assert steps(tmp_path / "guarded") == [1, 2, 3]
+    # the newest checkpoint lost (deleted, a failed disk): resume repairs Ray's snapshot and goes on from step 2
+    newest = checkpoints(tmp_path / "guarded")[-1]
+    shutil.rmtree(newest)
+    run(more, mode="resume")
+    assert steps(tmp_path / "guarded") == [1, 2, 3, 3]
+    assert [json.loads((c / "revela_checkpoint.json").read_text())["step"] for c in checkpoints(tmp_path / "guarded")] \
+        == [2, 3]
 
 
 def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, assets, tmp_path):

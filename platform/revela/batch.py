@@ -41,9 +41,10 @@ class GroupTokenizer:
         empty = [n for n, t in enumerate(texts) if not t or not t.strip()]
         if empty:
             raise ValueError(f"empty chunk text at positions {empty} of the group")
-        width = self.protocol.max_length
-        query = tokenize(self.retriever_tokenizer, texts, self.protocol, "query", self.query_keep, pad_to=width)
-        passage = tokenize(self.retriever_tokenizer, texts, self.protocol, "passage", pad_to=width)
+        query = tokenize(self.retriever_tokenizer, texts, self.protocol, "query", self.query_keep,
+                         pad_to=self.protocol.length("query"))
+        passage = tokenize(self.retriever_tokenizer, texts, self.protocol, "passage",
+                           pad_to=self.protocol.length("passage"))
         lm = self.lm_tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=self.lm_max_length)
         lm_ids = np.full((len(texts), self.lm_max_length), self.lm_pad_id, dtype=np.int64)
         lm_mask = np.zeros_like(lm_ids)

@@ -11,6 +11,7 @@ import typer
 import yaml
 
 from revela.configbase import ConfigError, load_config
+from revela.options import at_least
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Self-supervised dense-retriever training (Revela) on Ray.")
 
@@ -67,6 +68,7 @@ def train(
 ) -> None:
     """Train a retriever with Revela on Ray Train (an embedded local Ray when ray.address is not set)."""
     from revela.train.driver import RunConflictError, TrainingStoppedError, run
+    from revela.train.resume import LostCheckpointError
 
     if resume and overwrite:
         _fail("--resume and --overwrite exclude each other")
@@ -74,7 +76,7 @@ def train(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         report = run(cfg, mode="resume" if resume else "overwrite" if overwrite else "auto")
-    except (RunConflictError, TrainingStoppedError) as e:
+    except (RunConflictError, TrainingStoppedError, LostCheckpointError) as e:
         _fail(str(e))
     typer.echo(json.dumps(report, indent=2, default=str))
 
@@ -83,12 +85,18 @@ def train(
 def export(
     source: str = typer.Argument(..., help="Training checkpoint directory (or a model name/path)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write."),
-    max_length: Optional[int] = typer.Option(None, help="Max tokens at inference (default: as trained)."),
+    max_length: Optional[int] = typer.Option(None, callback=at_least(2),
+                                             help="Max tokens at inference (default: as trained)."),
+    overwrite: bool = typer.Option(False, help="Replace the model in a non-empty --out folder."),
 ) -> None:
     """Write the retriever as a folder that sentence-transformers and transformers load directly."""
-    from revela.export import export_retriever
+    from revela.export import ExportError, export_retriever
+    from revela.modelfiles import ModelLoadError
 
-    typer.echo(str(export_retriever(source, out, max_length)))
+    try:
+        typer.echo(str(export_retriever(source, out, max_length, overwrite=overwrite)))
+    except (ExportError, ModelLoadError) as e:
+        _fail(f"error: {e}")
 
 
 def _register_subcommands() -> None:

@@ -105,7 +105,10 @@ class EvalConfig(StrictModel):
     max_queries: int | None = Field(200, ge=1)
     """Queries sampled per dev set (the corpus stays whole)."""
     batch_size: int = Field(32, ge=1)
-    max_length: int | None = None
+    max_length: int | None = Field(None, ge=2)
+    """Query tokens at evaluation; None: as trained."""
+    passage_max_length: int | None = Field(512, ge=2)
+    """Passage tokens at evaluation (the authors' evaluation uses 512); None: as trained."""
     num_cpus: float = Field(0.5, ge=0)
     num_gpus: float = Field(0, ge=0)
     select_best_by: str = "dev_ndcg_at_10"

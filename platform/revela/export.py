@@ -8,10 +8,11 @@ tokenizer that appends EOS itself when the protocol pools the EOS token.
 from __future__ import annotations
 
 import json
+import shutil
+import uuid
 from pathlib import Path
 
 from revela.protocol import EncodingProtocol
-from revela.retriever import Retriever
 
 ST_POOLING_FLAG = {"eos": "pooling_mode_lasttoken", "cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens"}
 
@@ -52,18 +53,67 @@ def write_sentence_transformers_files(out: Path, protocol: EncodingProtocol, dim
         "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=2))
 
 
-def export_retriever(source: str, out: str | Path, max_length: int | None = None) -> Path:
-    """`source`: a training checkpoint, an exported folder or a model name. Returns the written folder."""
-    retriever = Retriever.load(source)
+class ExportError(ValueError):
+    """The export cannot be written where asked (an existing file, a non-empty folder, a bad length)."""
+
+
+def check_target(out: Path, overwrite: bool) -> None:
+    """Refuse a file, and a non-empty folder unless `overwrite`; even then only a model folder is replaced."""
+    if out.is_file() or (out.exists() and not out.is_dir()):
+        raise ExportError(f"{out}: exists and is a file; give a folder to export into")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise ExportError(f"{out}: folder is not empty; pass --overwrite to replace the model in it, or choose "
+                          "another --out")
+    if not any((out / name).is_file() for name in ("config.json", "adapter_config.json", "revela_protocol.json")):
+        raise ExportError(f"{out}: holds no model (no config.json or revela_protocol.json); refusing to replace "
+                          "it even with --overwrite")
+
+
+def same_permissions(folder: Path, like: Path) -> None:
+    """Give every file the mode of `like` (safetensors writes its files 0600, everything else follows the umask)."""
+    mode = like.stat().st_mode & 0o777
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(mode)
+
+
+def export_retriever(source: str, out: str | Path, max_length: int | None = None, overwrite: bool = False) -> Path:
+    """`source`: a training checkpoint, an exported folder or a model name. Returns the written folder.
+
+    The folder is written completely beside `out` and then moved into place, so a failed export leaves an
+    existing `out` as it was; a non-empty `out` is replaced only with `overwrite`.
+    """
+    from revela.modelfiles import load_checked_retriever
+
+    if max_length is not None and max_length < 2:
+        raise ExportError(f"max_length must be at least 2 tokens, got {max_length}")
+    out = Path(out)
+    check_target(out, overwrite)
+    retriever = load_checked_retriever(source)
     protocol = retriever.protocol
     if max_length:
         protocol = protocol.model_copy(update={"max_length": max_length})
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    retriever.backbone.save_pretrained(out)
-    if protocol.append_eos:
-        append_eos_in_tokenizer(retriever.tokenizer)
-    retriever.tokenizer.save_pretrained(out)
-    protocol.save(out)
-    write_sentence_transformers_files(out, protocol, retriever.backbone.config.hidden_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        retriever.backbone.save_pretrained(staging)
+        if protocol.append_eos:
+            append_eos_in_tokenizer(retriever.tokenizer)
+        retriever.tokenizer.save_pretrained(staging)
+        protocol.save(staging)
+        write_sentence_transformers_files(staging, protocol, retriever.backbone.config.hidden_size)
+        same_permissions(staging, staging / "config.json")
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(old)
+            staging.rename(out)
+            shutil.rmtree(old)
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return out

@@ -10,6 +10,7 @@ extra kwargs down to every attention call) carries an `InBatchState`:
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -42,12 +43,20 @@ class InBatchState:
         return InBatchState(False, self.keys, self.values, doc_weights, key_mask, v_norm, chunk_size, backend)
 
 
-def _wrap(base_name: str):
-    base = ALL_ATTENTION_FUNCTIONS[base_name]
+def _base_kernel(base_name: str, module):
+    """"eager" is not in the registry: it is each model's own `eager_attention_forward` (softcapping etc. included)."""
+    if base_name != "eager":
+        return ALL_ATTENTION_FUNCTIONS[base_name]
+    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if eager is None:
+        raise ValueError(f"{type(module).__name__} has no eager_attention_forward; use attn_implementation sdpa")
+    return eager
 
+
+def _wrap(base_name: str):
     def revela_attention(module, query, key, value, attention_mask, **kwargs):
         state: InBatchState | None = kwargs.pop(STATE_KWARG, None)
-        out, weights = base(module, query, key, value, attention_mask, **kwargs)
+        out, weights = _base_kernel(base_name, module)(module, query, key, value, attention_mask, **kwargs)
         if state is None:
             return out, weights
         layer = module.layer_idx
@@ -64,7 +73,7 @@ def _wrap(base_name: str):
 
 def register(base_name: str = "sdpa") -> str:
     """Register the in-batch wrapper of `base_name` (idempotent); returns the name to pass to set_attn_implementation."""
-    if base_name not in ALL_ATTENTION_FUNCTIONS:
+    if base_name != "eager" and base_name not in ALL_ATTENTION_FUNCTIONS:
         raise ValueError(f"unknown attention kernel {base_name!r}; available: {sorted(ALL_ATTENTION_FUNCTIONS.keys())}")
     name = PREFIX + base_name
     if name not in ALL_ATTENTION_FUNCTIONS:

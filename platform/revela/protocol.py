@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from revela.configbase import StrictModel
 
@@ -23,7 +24,10 @@ class EncodingProtocol(StrictModel):
     pooling: Literal["eos", "cls", "mean"]
     query_prefix: str = ""
     passage_prefix: str = ""
-    max_length: int = 512
+    max_length: int = Field(512, ge=2)
+    """Tokens per text, special tokens included (queries, and passages unless passage_max_length is set)."""
+    passage_max_length: int | None = Field(None, ge=2)
+    """Tokens per passage when it differs from max_length (evaluation encodes passages longer than training)."""
     normalize: bool = True
 
     @property
@@ -32,6 +36,11 @@ class EncodingProtocol(StrictModel):
 
     def prefix(self, kind: Kind) -> str:
         return self.query_prefix if kind == "query" else self.passage_prefix
+
+    def length(self, kind: Kind) -> int:
+        if kind == "passage" and self.passage_max_length is not None:
+            return self.passage_max_length
+        return self.max_length
 
     def save(self, directory: str | Path) -> None:
         Path(directory, PROTOCOL_FILE).write_text(self.model_dump_json(indent=2) + "\n")
@@ -81,7 +90,7 @@ def tokenize(
         [protocol.prefix(kind) + t for t in texts],
         add_special_tokens=True,
         truncation=True,
-        max_length=protocol.max_length - len(eos),
+        max_length=protocol.length(kind) - len(eos),
         return_special_tokens_mask=True,
     )
     rows = []

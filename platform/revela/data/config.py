@@ -20,7 +20,9 @@ class DataConfig(StrictModel):
     group_size: int = 16
     grouping: Grouping = "adjacent"
     kind: KindChoice = "auto"
-    """auto: by file extension (code extensions -> code, everything else prose); records (JSONL/Parquet/HF) -> prose."""
+    """auto: files by extension (code extensions -> code, everything else prose); records (JSONL/Parquet/HF) by
+    their `kind` field, else their `language` field (a programming language -> code), else prose (counted and
+    reported by prepare)."""
     max_words: int = Field(120, ge=1)
     """Prose chunks hold complete sentences and at most this many words (the paper's rule)."""
     max_tokens: int = Field(160, ge=8)

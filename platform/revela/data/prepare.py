@@ -15,8 +15,8 @@ import typer  # module level: typer resolves the command's string annotations in
 
 from revela.data.chunking import Chunker, ChunkRules, TokenCounter
 from revela.data.config import DataConfig, Grouping, KindChoice
-from revela.data.grouping import make_groups
-from revela.data.ingest import SkipCounter, fingerprint_source, iter_documents, resolve_sources
+from revela.data.grouping import GroupingError, make_groups
+from revela.data.ingest import READER_VERSION, SkipCounter, fingerprint_source, iter_documents, resolve_sources
 from revela.data.shards import input_hash, is_up_to_date, read_manifest, write_shards
 
 # Settings that change the output; they (with the source hashes) make up the manifest's input hash.
@@ -77,13 +77,13 @@ def prepare_config(cfg: DataConfig, out: str | Path, *, tokenizer: str | Any | N
     if cfg.group_size < 2:
         raise ValueError(f"group_size must be >= 2 (in-batch attention needs other chunks), got {cfg.group_size}")
     out = Path(out)
-    srcs = resolve_sources(cfg.sources)
+    srcs = resolve_sources(cfg.sources, exclude=[out])  # a second run must not read its own shards back
     tokenizer = tokenizer if tokenizer is not None else cfg.tokenizer
     tok_obj = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     counter = TokenCounter(tok_obj, name=tokenizer if isinstance(tokenizer, str) else None)
 
     fingerprints = [fingerprint_source(s) for s in srcs]
-    settings = {k: getattr(cfg, k) for k in _OUTPUT_SETTINGS} | {"tokenizer": counter.name}
+    settings = {k: getattr(cfg, k) for k in _OUTPUT_SETTINGS} | {"tokenizer": counter.name, "reader": READER_VERSION}
     digest = input_hash(settings, fingerprints)
     if not force and is_up_to_date(out, digest):
         summary = summary_from_manifest(read_manifest(out), out, up_to_date=True)
@@ -96,17 +96,24 @@ def prepare_config(cfg: DataConfig, out: str | Path, *, tokenizer: str | Any | N
     chunker = Chunker(ChunkRules(cfg.max_words, cfg.max_tokens, cfg.min_words), counter, skips)
     chunks = []
     documents = 0
+    kind_from: dict[str, int] = {}
     bar = tqdm(desc="read+chunk", unit="doc", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     with bar:
         for src in srcs:
             for doc in iter_documents(src, skips, cfg.kind, cfg.on_bad_record):
                 documents += 1
+                kind_from[f"{doc.kind_from}:{doc.kind}"] = kind_from.get(f"{doc.kind_from}:{doc.kind}", 0) + 1
                 chunks.extend(chunker.split(doc))
                 bar.update(1)
                 if documents % 200 == 0:
                     bar.set_postfix(chunks=len(chunks), skipped=skips.total(), refresh=False)
-    groups, report = make_groups(chunks, cfg.group_size, cfg.grouping, cfg.seed, short_group=cfg.short_group,
-                                 docs_per_window=cfg.docs_per_window, bm25_reuse=cfg.bm25_reuse)
+    if not chunks:
+        raise GroupingError(f"no chunks to group in {', '.join(cfg.sources)}{_what_was_skipped(documents, skips)}")
+    try:
+        groups, report = make_groups(chunks, cfg.group_size, cfg.grouping, cfg.seed, short_group=cfg.short_group,
+                                     docs_per_window=cfg.docs_per_window, bm25_reuse=cfg.bm25_reuse)
+    except GroupingError as e:
+        raise GroupingError(f"{e}{_what_was_skipped(documents, skips)}") from None
     lengths = counter.count_many([c.text for c in chunks]) if chunks else [0]
     manifest = {
         "input_hash": digest,
@@ -115,6 +122,7 @@ def prepare_config(cfg: DataConfig, out: str | Path, *, tokenizer: str | Any | N
         "sources": fingerprints,
         "counts": {
             "documents": documents,
+            "documents_by_kind_from": dict(sorted(kind_from.items())),
             "chunks": len(chunks),
             "chunks_by_kind": _count(c.kind for c in chunks),
             "groups": len(groups),
@@ -139,6 +147,19 @@ def prepare_config(cfg: DataConfig, out: str | Path, *, tokenizer: str | Any | N
     if not quiet:
         print_summary(summary)
     return summary
+
+
+def _what_was_skipped(documents: int, skips: SkipCounter) -> str:
+    """'; read N documents, skipped M (binary=…, non_utf8=…)' for errors about too little text."""
+    if not skips.total():
+        return f"; read {documents} documents, skipped nothing"
+    reasons = ", ".join(f"{reason}={n}" for reason, n in sorted(skips.counts.items()))
+    return f"; read {documents} documents, skipped {skips.total()} ({reasons})"
+
+
+def records_without_kind(counts: dict) -> int:
+    """Documents from records with neither a `kind` nor a `language` field, read as prose under --kind auto."""
+    return sum(n for key, n in (counts.get("documents_by_kind_from") or {}).items() if key.startswith("default:"))
 
 
 def _count(items) -> dict[str, int]:
@@ -172,6 +193,7 @@ def summary_from_manifest(manifest: dict, out: Path, up_to_date: bool) -> dict:
         "padded_chunks": counts["padded_chunks"],
         "skipped": manifest["skips"]["counts"],
         "shards": len(manifest["shards"]),
+        "records_without_kind": records_without_kind(counts),
     }
 
 
@@ -194,7 +216,11 @@ def print_summary(summary: dict) -> None:
     rows += [(f"skipped: {reason}", n) for reason, n in summary["skipped"].items()] or [("skipped", 0)]
     for k, v in rows:
         table.add_row(k, str(v))
-    Console(stderr=False).print(table)
+    console = Console(stderr=False)
+    console.print(table)
+    if summary.get("records_without_kind"):
+        console.print(f"note: {summary['records_without_kind']} records have no `kind` or `language` field and "
+                      "were read as prose; pass --kind code if they are code", soft_wrap=True)
 
 
 def register(app) -> None:
@@ -207,7 +233,8 @@ def register(app) -> None:
         group_size: Annotated[int, typer.Option("--group-size", help="Chunks per group (B).")] = 16,
         grouping: Annotated[str, typer.Option("--grouping", help="adjacent | bm25 | random")] = "adjacent",
         seed: Annotated[int, typer.Option("--seed")] = 42,
-        kind: Annotated[str, typer.Option("--kind", help="prose | code | auto (by file extension)")] = "auto",
+        kind: Annotated[str, typer.Option("--kind", help="prose | code | auto (files by extension, records "
+                                               "by their kind/language field, else prose)")] = "auto",
         tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer name or path for an "
                                                          "exact token cap (default: words-based estimate).")] = None,
         max_words: Annotated[int, typer.Option("--max-words")] = 120,

@@ -19,6 +19,8 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from revela.config import RunConfig
+from revela.configbase import check_safe_name
+from revela.train.resume import repair_snapshot
 from revela.train.worker import METRICS_FILE, STATUS_FILE, train_worker
 
 RUN_FILE = "revela_run.json"
@@ -73,7 +75,9 @@ def config_hash(cfg: RunConfig) -> str:
 
 
 def claim_run_dir(cfg: RunConfig, mode: Mode) -> Path:
-    run_dir = Path(cfg.ray.storage_path).absolute() / cfg.name
+    run_dir = Path(cfg.ray.storage_path).absolute() / check_safe_name(cfg.name)  # model_copy skips validation
+    if run_dir.is_symlink():
+        raise RunConflictError(f"run folder {run_dir} is a symbolic link; refusing to train into or remove it")
     record = run_dir / RUN_FILE
     if record.is_file() and mode == "overwrite":
         shutil.rmtree(run_dir)
@@ -88,6 +92,7 @@ def claim_run_dir(cfg: RunConfig, mode: Mode) -> Path:
             raise RunConflictError(
                 f"run {cfg.name!r} already finished at step {status.get('step')} ({run_dir}); "
                 "pass --resume with a larger train.max_steps to continue, --overwrite to retrain, or use another name")
+    repair_snapshot(run_dir, cfg.name)  # a lost newest checkpoint: resume from the newest complete one
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / STATUS_FILE).unlink(missing_ok=True)
     record.write_text(json.dumps({"config_hash": config_hash(cfg), "config": cfg.model_dump()}, indent=2))
@@ -109,7 +114,7 @@ def checkpoint_and_validation(cfg: RunConfig):
     ev = cfg.eval
     validation = validation_config(ev.datasets, num_cpus=ev.num_cpus, num_gpus=ev.num_gpus,
                                    max_queries=ev.max_queries, batch_size=ev.batch_size, max_length=ev.max_length,
-                                   record=True)
+                                   passage_max_length=ev.passage_max_length, record=True)
     keep = ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                       checkpoint_score_attribute=ev.select_best_by, checkpoint_score_order="max")
     return keep, validation
@@ -146,8 +151,8 @@ def run(cfg: RunConfig, mode: Mode = "auto") -> dict:
     from revela.train.data import heldout_and_training_data
     from revela.train.report import write_report
 
+    run_dir = claim_run_dir(cfg, mode)  # refusals come before Ray starts
     ensure_ray(cfg.ray.address)
-    run_dir = claim_run_dir(cfg, mode)
     started = time.time()
     data = heldout_and_training_data(cfg, run_dir)
     before = data.score_heldout(cfg, checkpoint=None)
