@@ -1,5 +1,7 @@
 """`ray job submit` of a training config against a local head: the job succeeds, checkpoints and metrics are
-written, the dashboard answers on 127.0.0.1 without a token (auth explicitly off), and Ray listens on loopback only."""
+written, the job's log is clean (one line per logged step, no tracebacks, no per-step result dumps), the revela_*
+metrics reach the node's Prometheus endpoint with the run's tag and metrics.jsonl's values, the dashboard answers on
+127.0.0.1 without a token (auth explicitly off), and Ray listens on loopback only."""
 
 import ipaddress
 import json
@@ -12,10 +14,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 import psutil
 import pytest
 import yaml
 
+from revela.train.telemetry import COUNTERS, GAUGES, RUN_TAG, prometheus_names
 from tiny import tiny_run_overrides, write_tiny_run_assets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,12 +46,15 @@ def get_json(url: str):
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    ports = {"gcs": free_port(), "dashboard": free_port(), "client": free_port(), "agent": free_port()}
+    ports = {"gcs": free_port(), "dashboard": free_port(), "client": free_port(), "agent": free_port(),
+             "metrics": free_port()}
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "4", "--node-ip-address", "127.0.0.1",
            "--port", str(ports["gcs"]), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]),
            "--ray-client-server-port", str(ports["client"]), "--dashboard-agent-listen-port", str(ports["agent"]),
-           "--disable-usage-stats", "--include-dashboard", "true"]
+           "--disable-usage-stats", "--include-dashboard", "true", "--metrics-export-port", str(ports["metrics"]),
+           # export custom metrics every 0.5 s (default 10 s) so a short job's last values reach the endpoint
+           "--system-config", json.dumps({"metrics_report_interval_ms": 500})]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{ports['dashboard']}"
     deadline = time.time() + 120
@@ -59,7 +67,7 @@ def head(tmp_path_factory):
                 os.killpg(proc.pid, signal.SIGKILL)
                 pytest.fail("the Ray head did not come up")
             time.sleep(1)
-    yield {"url": url, "pid": proc.pid, "env": env}
+    yield {"url": url, "pid": proc.pid, "env": env, "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics"}
     os.killpg(proc.pid, signal.SIGTERM)  # only this head's processes, unlike `ray stop`
     try:
         proc.wait(timeout=10)
@@ -91,8 +99,20 @@ def test_job_submit_trains_and_dashboard_answers_on_loopback(head, tmp_path):
 
     run_dir = storage / "submitted"
     assert len(list(run_dir.glob("checkpoint_*/revela_checkpoint.json"))) == 2
-    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
     assert json.loads((run_dir / "report.json").read_text())["steps"] == 2
+
+    log = out.stdout + out.stderr  # `ray job submit` tails the job's log: the driver's and forwarded worker output
+    assert "Traceback" not in log and "Reporting training result" not in log, log[-3000:]
+    assert "\r" not in log  # no progress bar redraws in a log file
+    assert "step 1/2 | loss" in log and "step 2/2 | loss" in log and "report: " in log
+
+    samples = scrape_revela_metrics(head["metrics"], run="submitted", until_steps=2)
+    for key in GAUGES:  # the last exported gauge values are the last logged step's
+        assert samples[prometheus_names()[key]] == pytest.approx(rows[-1][key], rel=1e-6), key
+    assert samples[prometheus_names()["steps"]] == 2
+    assert samples[prometheus_names()["tokens"]] == pytest.approx(sum(r["tokens"] for r in rows))
 
     # every listening socket of this head's process tree is on loopback
     tree = [psutil.Process(head["pid"]), *psutil.Process(head["pid"]).children(recursive=True)]
@@ -100,3 +120,20 @@ def test_job_submit_trains_and_dashboard_answers_on_loopback(head, tmp_path):
     listening = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in pids]
     assert listening
     assert all(is_loopback(c.laddr.ip) for c in listening), [c.laddr for c in listening]
+
+
+def scrape_revela_metrics(url: str, run: str, until_steps: int, timeout_s: float = 60) -> dict[str, float]:
+    """{series name: value} of the run's revela_* series on a node's Prometheus endpoint, polled until the steps
+    counter reaches `until_steps` (export lags by the report interval)."""
+    names = set(prometheus_names().values())
+    deadline = time.time() + timeout_s
+    while True:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            text = r.read().decode()
+        samples = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
+                   if s.name in names and s.labels.get(RUN_TAG) == run}
+        if samples.get(prometheus_names()["steps"]) == until_steps and len(samples) == len(GAUGES) + len(COUNTERS):
+            return samples
+        if time.time() > deadline:
+            pytest.fail(f"{url}: revela metrics of run {run!r} incomplete after {timeout_s}s: {samples}")
+        time.sleep(1)
