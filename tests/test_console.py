@@ -76,8 +76,9 @@ def test_terminal_console_draws_a_progress_bar(tmp_path):
         append(tmp_path / "metrics.jsonl", row(1, 10.0), row(2, 12.0))
         console.poll()
         task = console.progress.tasks[0]
-        assert (task.completed, task.total) == (2, 4)
-        assert task.fields["stats"].endswith("ETA 0:00:04")
+        assert (task.completed, task.total, task.fields["eta"]) == (2, 4, "0:00:04")
+        assert task.fields["stats"] == "loss 2.8000 | pass-2 3.1000 | Sim H 1.500 | 2.00 groups/s | data wait 5%"
+    assert "step 2/4" in out.getvalue() and "ETA 0:00:04" in out.getvalue()
 
 
 def test_eta_and_summary():

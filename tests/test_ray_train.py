@@ -9,6 +9,7 @@ import re
 import signal
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -65,6 +66,11 @@ def test_two_worker_run_writes_checkpoints_metrics_and_report(ray_cluster, asset
     assert [line.split(" |")[0] for line in out.splitlines() if line.startswith("step ")] == \
         ["step 1/4", "step 2/4", "step 3/4", "step 4/4"]
     assert sum(line.startswith("checkpoint step ") for line in out.splitlines()) == 2
+    # the embedded Ray's dashboard serves what Train's state tracking records (the Train page)
+    from ray._private.worker import get_dashboard_url
+
+    with urllib.request.urlopen(f"http://{get_dashboard_url()}/api/train/v2/runs/v1", timeout=30) as r:
+        assert r.status == 200 and '"two-workers"' in r.read().decode()
     run_dir = tmp_path / "two-workers"
     ckpts = checkpoints(run_dir)
     assert len(ckpts) == 2 and all(is_complete(c) for c in ckpts)

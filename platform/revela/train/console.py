@@ -15,6 +15,10 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.text import Text
+
 from revela.evaluation.actors import EVAL_FILE
 from revela.train.checkpoint import CHECKPOINT_MARKER
 
@@ -31,15 +35,15 @@ def duration(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def step_stats(row: dict, eta_s: float | None) -> str:
+def step_stats(row: dict) -> str:
     """The numbers a person reads at a glance, from one metrics.jsonl row (missing keys shown as '-')."""
     return (f"loss {_num(row, 'loss', '.4f')} | pass-2 {_num(row, 'pass2_loss', '.4f')} | "
             f"Sim H {_num(row, 'sim_entropy', '.3f')} | {_num(row, 'groups_per_s', '.2f')} groups/s | "
-            f"data wait {_num(row, 'data_wait_fraction', '.0%')} | ETA {duration(eta_s)}")
+            f"data wait {_num(row, 'data_wait_fraction', '.0%')}")
 
 
 def step_line(row: dict, max_steps: int, eta_s: float | None) -> str:
-    return f"step {row['step']}/{max_steps} | {step_stats(row, eta_s)}"
+    return f"step {row['step']}/{max_steps} | {step_stats(row)} | ETA {duration(eta_s)}"
 
 
 def checkpoint_line(path: Path, meta: dict, dev: dict | None, eval_metric: str | None) -> str:
@@ -47,6 +51,20 @@ def checkpoint_line(path: Path, meta: dict, dev: dict | None, eval_metric: str |
     if eval_metric:
         parts.append(f"{eval_metric} {_num(dev or {}, eval_metric, '.4f')}" if dev else f"{eval_metric} not scored")
     return " | ".join(parts) + f" | {path}"
+
+
+class TwoLineProgress(Progress):
+    """A rich progress bar (step, bar, ETA) with the run's numbers on their own line below it, so that both fit an
+    80-column terminal."""
+
+    def __init__(self, console: Console):
+        super().__init__(TextColumn("step"), MofNCompleteColumn(), BarColumn(bar_width=30),
+                         TextColumn("ETA {task.fields[eta]}"), console=console)
+
+    def get_renderables(self):
+        yield self.make_tasks_table(self.tasks)
+        for task in self.tasks:
+            yield Text(task.fields["stats"])
 
 
 class StepClock:
@@ -119,13 +137,9 @@ class RunConsole:
         self.tail = MetricsTail(self.run_dir / "metrics.jsonl")  # a resumed run's earlier rows are not news
         self.announced = set(self._checkpoint_dirs())
         if self.interactive:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            self.progress = Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(bar_width=24),
-                                     TextColumn("{task.fields[stats]}"),
-                                     console=Console(file=self.stream), transient=False)
-            self.task = self.progress.add_task("train", total=self.max_steps, stats="waiting for the first step")
+            self.progress = TwoLineProgress(Console(file=self.stream))
+            self.task = self.progress.add_task("train", total=self.max_steps, eta="-",
+                                               stats="waiting for the first step")
             self.progress.start()
         self.thread = threading.Thread(target=self._follow, name="revela-console", daemon=True)
         self.thread.start()
@@ -165,7 +179,7 @@ class RunConsole:
         eta = self.clock.add(row)
         step = int(row["step"])
         if self.progress is not None:
-            self.progress.update(self.task, completed=step, stats=step_stats(row, eta))
+            self.progress.update(self.task, completed=step, eta=duration(eta), stats=step_stats(row))
         elif step % self.log_every == 0 or step >= self.max_steps:
             self.emit(step_line(row, self.max_steps, eta))
 
