@@ -20,6 +20,7 @@ from revela.config import RunConfig
 from revela.configbase import load_config
 from revela.train.checkpoint import is_complete
 from revela.train.driver import RunConflictError, TrainingStoppedError, run
+from console_checks import false_alarms
 from tiny import tiny_run_overrides, write_tiny_run_assets
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
@@ -52,17 +53,13 @@ def steps(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-FALSE_ALARMS = ("Traceback (most recent call last)", "Failed to query", "State API", "Warning",
-                "Reporting training result", "TrainingReport(")
-
-
 def test_two_worker_run_writes_checkpoints_metrics_and_report(ray_cluster, assets, tmp_path, capfd):
     cfg = config(assets, tmp_path, "two-workers")
     report = run(cfg)
     # the console of a clean run on the embedded Ray: one line per step and per checkpoint, no false alarms
     # (Ray's log monitor forwards worker and actor output to this process's stdout/stderr)
     out = "".join(capfd.readouterr())
-    assert not [alarm for alarm in FALSE_ALARMS if alarm in out], out[-5000:]
+    assert not false_alarms(out), out[-5000:]
     assert [line.split(" |")[0] for line in out.splitlines() if line.startswith("step ")] == \
         ["step 1/4", "step 2/4", "step 3/4", "step 4/4"]
     assert sum(line.startswith("checkpoint step ") for line in out.splitlines()) == 2
