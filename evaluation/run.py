@@ -141,10 +141,9 @@ def load_datasets(datasets, split: str = "test", eval_dir: str | Path | None = N
 def _encode_all(model: str, datasets: list[BeirDataset], encoder: str, batch_size: int, max_length: int | None,
                 passage_max_length: int | None, progress: bool, num_actors: int | None, dtype: str | None):
     """(protocol dict, [(query emb, doc emb)] per dataset, encode seconds per dataset)."""
-    import ray
-
-    if encoder == "auto":
-        encoder = "ray" if ray.is_initialized() else "local"
+    if encoder == "auto":  # Ray only when this process already runs it: in-process encoding never imports Ray
+        ray = sys.modules.get("ray")
+        encoder = "ray" if ray is not None and ray.is_initialized() else "local"
     if encoder == "local":
         retriever = load_retriever(model, max_length, dtype, passage_max_length)
         embs, secs = [], []

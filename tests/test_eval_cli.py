@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
     os.environ.setdefault(_k, _v)
@@ -123,3 +125,17 @@ def test_cli_bad_input_exits_2_with_reason(app, tiny, tmp_path):
     res = CliRunner().invoke(app, ["build-evals", "--out", str(tmp_path / "ev"), "--which", "pyfaq",
                                    "--html-root", str(tmp_path / "nohtml")])
     assert res.exit_code == 2 and "python3.11-doc" in res.output
+
+
+def test_in_process_evaluation_never_imports_ray(tiny, tmp_path):
+    """`--encoder local` (and `auto` without a running Ray) encodes in this process: Ray is not even imported."""
+    code = ("import sys; from revela.cli import app; "
+            "app(sys.argv[1:], standalone_mode=False); "
+            "print('ray imported' if 'ray' in sys.modules else 'no ray')")
+    out = tmp_path / "local.json"
+    res = subprocess.run([sys.executable, "-c", code, "evaluate", "--model", MODEL, "--dataset", str(tiny[0]),
+                          "--output", str(out), "--encoder", "local", "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().endswith("no ray"), res.stdout[-2000:]
+    assert json.loads(out.read_text())["settings"]["encoder"] == "local"

@@ -5,10 +5,12 @@ One local Ray cluster for the module; each test uses its own run name under tmp 
 
 import json
 import os
+import re
 import shutil
 import signal
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -19,6 +21,7 @@ from revela.config import RunConfig
 from revela.configbase import load_config
 from revela.train.checkpoint import is_complete
 from revela.train.driver import RunConflictError, TrainingStoppedError, run
+from console_checks import false_alarms
 from tiny import tiny_run_overrides, write_tiny_run_assets
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
@@ -51,9 +54,21 @@ def steps(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def test_two_worker_run_writes_checkpoints_metrics_and_report(ray_cluster, assets, tmp_path):
+def test_two_worker_run_writes_checkpoints_metrics_and_report(ray_cluster, assets, tmp_path, capfd):
     cfg = config(assets, tmp_path, "two-workers", groups_per_forward=2)
     report = run(cfg)
+    # the console of a clean run on the embedded Ray: one line per step and per checkpoint, no false alarms
+    # (Ray's log monitor forwards worker and actor output to this process's stdout/stderr)
+    out = "".join(capfd.readouterr())
+    assert not false_alarms(out), out[-5000:]
+    assert [line.split(" |")[0] for line in out.splitlines() if line.startswith("step ")] == \
+        ["step 1/4", "step 2/4", "step 3/4", "step 4/4"]
+    assert sum(line.startswith("checkpoint step ") for line in out.splitlines()) == 2
+    # the embedded Ray's dashboard serves what Train's state tracking records (the Train page)
+    from ray._private.worker import get_dashboard_url
+
+    with urllib.request.urlopen(f"http://{get_dashboard_url()}/api/train/v2/runs/v1", timeout=30) as r:
+        assert r.status == 200 and '"two-workers"' in r.read().decode()
     run_dir = tmp_path / "two-workers"
     ckpts = checkpoints(run_dir)
     assert len(ckpts) == 2 and all(is_complete(c) for c in ckpts)
@@ -142,7 +157,7 @@ def write_dev_set(root: Path) -> Path:
     return root
 
 
-def test_checkpoints_are_scored_by_evaluation_tasks_while_training_continues(ray_cluster, assets, tmp_path):
+def test_checkpoints_are_scored_by_evaluation_tasks_while_training_continues(ray_cluster, assets, tmp_path, capfd):
     dev = write_dev_set(tmp_path / "dev")
     cfg = load_config(RunConfig, None, tiny_run_overrides(
         assets, tmp_path, "scored", num_workers=1, max_steps=16, checkpoint_every=4, heldout_groups=0)
@@ -160,6 +175,9 @@ def test_checkpoints_are_scored_by_evaluation_tasks_while_training_continues(ray
     scored_at = (first / "revela_eval.json").stat().st_mtime
     # the step-4 checkpoint was scored before training finished: evaluation ran beside training, not after it
     assert scored_at < history[-1]["wall_time"]
+    # the console's checkpoint lines carry the dev score
+    lines = [line for line in capfd.readouterr().out.splitlines() if line.startswith("checkpoint step ")]
+    assert len(lines) == 4 and all(re.search(r"dev_ndcg_at_10 [01]\.\d{4}", line) for line in lines), lines
 
 
 def test_fsdp_on_two_cpu_workers_checkpoints_full_weights(ray_cluster, assets, tmp_path):

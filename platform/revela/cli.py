@@ -65,8 +65,11 @@ def train(
     overrides: Optional[list[str]] = typer.Argument(None, help="key.path=value overrides, e.g. train.max_steps=50"),
     resume: bool = typer.Option(False, help="Continue the named run even if its config changed or it finished."),
     overwrite: bool = typer.Option(False, help="Delete the named run and start over."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show Ray Train's per-step result dumps and "
+                                 "state transitions, and print the whole report JSON at the end."),
 ) -> None:
     """Train a retriever with Revela on Ray Train (an embedded local Ray when ray.address is not set)."""
+    from revela.train.console import final_summary
     from revela.train.driver import RunConflictError, TrainingStoppedError, run
     from revela.train.resume import LostCheckpointError
 
@@ -75,10 +78,12 @@ def train(
     cfg = load_run_config(config, overrides or [])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        report = run(cfg, mode="resume" if resume else "overwrite" if overwrite else "auto")
+        report = run(cfg, mode="resume" if resume else "overwrite" if overwrite else "auto", verbose=verbose)
     except (RunConflictError, TrainingStoppedError, LostCheckpointError) as e:
         _fail(str(e))
-    typer.echo(json.dumps(report, indent=2, default=str))
+    if verbose:
+        typer.echo(json.dumps(report, indent=2, default=str))
+    typer.echo("\n".join(final_summary(report, Path(report["run_dir"]) / "report.json")))
 
 
 @app.command()

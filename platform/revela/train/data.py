@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,7 +70,8 @@ def prepared_shards(cfg: RunConfig, run_dir: Path) -> tuple[str, dict]:
     if data_cfg.tokenizer is None:  # cap chunk length with the LM's own tokenizer
         data_cfg = data_cfg.model_copy(update={"tokenizer": cfg.model.lm.name})
     out = run_dir / "data"
-    return str(out), prepare_config(data_cfg, out, progress=True)
+    # bars only on a terminal: in `ray job logs` (a file) every redraw would be a line
+    return str(out), prepare_config(data_cfg, out, progress=sys.stderr.isatty())
 
 
 def heldout_and_training_data(cfg: RunConfig, run_dir: Path) -> TrainingData:

@@ -21,6 +21,7 @@ from ray.train.torch import TorchTrainer
 from revela.config import RunConfig
 from revela.configbase import check_safe_name
 from revela.train.resume import repair_snapshot
+from revela.train.ray_setup import QUIET_ENV, local_ray_options, quiet_libraries, state_api_env, train_logging
 from revela.train.worker import METRICS_FILE, STATUS_FILE, train_worker
 
 RUN_FILE = "revela_run.json"
@@ -40,13 +41,15 @@ def ray_environment() -> None:
     for key, value in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
                        "RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}.items():
         os.environ.setdefault(key, value)
+    quiet_libraries()
 
 
 def worker_env() -> dict[str, str]:
     """Environment every Ray worker needs: the asset cache (absolute) and the offline/hub switches."""
     from revela.assets import cache_dir
 
-    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM")
+    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM",
+            *QUIET_ENV)
     return {"REVELA_CACHE": str(cache_dir()), **{k: os.environ[k] for k in keys if k in os.environ}}
 
 
@@ -56,14 +59,18 @@ def ensure_ray(address: str | None) -> None:
     ray_environment()
     runtime_env = {"env_vars": worker_env()}
     if not address and os.environ.get("RAY_ADDRESS"):  # a driver started by `ray job submit`
-        ray.init()  # the job's own runtime_env (working dir, env vars) applies
+        # the job's own runtime_env (working dir, env vars) applies; the cluster's address is merged into it
+        ray.init(runtime_env={"env_vars": state_api_env(os.environ["RAY_ADDRESS"])})
     elif address:
+        runtime_env["env_vars"].update(state_api_env(address))
         ray.init(address=address, runtime_env=runtime_env)
     else:
         # Logical CPUs above the physical count: on small machines Ray Data's tasks otherwise never get a CPU
-        # next to the Train workers and the run hangs (measured on 2 cores).
-        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False,
-                 runtime_env=runtime_env)
+        # next to the Train workers and the run hangs (measured on 2 cores). The dashboard serves the State API
+        # that Train's controller polls (and the Train page); see revela.train.ray_setup.
+        dashboard, env = local_ray_options()
+        runtime_env["env_vars"].update(env)
+        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), runtime_env=runtime_env, **dashboard)
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -120,7 +127,7 @@ def checkpoint_and_validation(cfg: RunConfig):
     return keep, validation
 
 
-def fit(cfg: RunConfig, run_dir: Path, dataset) -> ray.train.Result:
+def fit(cfg: RunConfig, run_dir: Path, dataset, verbose: bool = False) -> ray.train.Result:
     checkpoint_config, validation = checkpoint_and_validation(cfg)
     scaling = ray.train.ScalingConfig(
         num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
@@ -134,7 +141,7 @@ def fit(cfg: RunConfig, run_dir: Path, dataset) -> ray.train.Result:
         run_config=ray.train.RunConfig(
             name=cfg.name, storage_path=str(run_dir.parent),
             failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures),
-            checkpoint_config=checkpoint_config),
+            checkpoint_config=checkpoint_config, logging_config=train_logging(verbose)),
     )
     return trainer.fit()
 
@@ -146,8 +153,10 @@ def metrics_history(run_dir: Path) -> list[dict]:
     return sorted({row["step"]: row for row in rows}.values(), key=lambda row: row["step"])
 
 
-def run(cfg: RunConfig, mode: Mode = "auto") -> dict:
-    """Train `cfg` end to end; returns (and writes to <run>/report.json) the run's report."""
+def run(cfg: RunConfig, mode: Mode = "auto", verbose: bool = False) -> dict:
+    """Train `cfg` end to end; returns (and writes to <run>/report.json) the run's report.
+    verbose: Ray Train's per-report result dumps and state transitions on the console too."""
+    from revela.train.console import RunConsole
     from revela.train.data import heldout_and_training_data
     from revela.train.report import write_report
 
@@ -156,7 +165,9 @@ def run(cfg: RunConfig, mode: Mode = "auto") -> dict:
     started = time.time()
     data = heldout_and_training_data(cfg, run_dir)
     before = data.score_heldout(cfg, checkpoint=None)
-    result = fit(cfg, run_dir, data.train)
+    with RunConsole(run_dir, cfg.train.max_steps, cfg.train.log_every,
+                    eval_metric=cfg.eval.select_best_by if cfg.eval.datasets else None):
+        result = fit(cfg, run_dir, data.train, verbose)
     status = read_status(run_dir)
     if status.get("status") == "non_finite_loss":
         raise TrainingStoppedError(

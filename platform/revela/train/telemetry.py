@@ -1,4 +1,9 @@
-"""Training metrics exported as Ray custom metrics, so the Ray dashboard (and Prometheus/Grafana) can chart them."""
+"""Training metrics exported as Ray custom metrics, so the Ray dashboard (and Prometheus/Grafana) can chart them.
+
+Every series carries the tag `run` (the run name). Ray's metrics agent serves them on each node's Prometheus
+endpoint (`ray start --metrics-export-port`) as `ray_revela_<key>`, counters with the suffix `_total`; the Grafana
+dashboard in jobs/grafana/revela.json charts those names (`prometheus_names()`).
+"""
 
 from __future__ import annotations
 
@@ -13,24 +18,51 @@ GAUGES = {
     "groups_per_s": "Groups (in-batch attention units) per second, all workers",
     "data_wait_fraction": "Share of wall time the worker waited for data",
 }
+COUNTERS = {
+    "steps": "Optimizer steps taken",
+    "tokens": "LM tokens trained on (rank 0)",
+}
+RUN_TAG = "run"
+PROMETHEUS_PREFIX = "ray_"  # Ray's exporter prefixes application metrics; OpenTelemetry adds _total to counters
+
+
+def metric_name(key: str) -> str:
+    return f"revela_{key}"
+
+
+def prometheus_names() -> dict[str, str]:
+    """Metric key -> the series name on Ray's Prometheus endpoint."""
+    names = {key: PROMETHEUS_PREFIX + metric_name(key) for key in GAUGES}
+    names.update({key: f"{PROMETHEUS_PREFIX}{metric_name(key)}_total" for key in COUNTERS})
+    return names
 
 
 class DashboardMetrics:
-    def __init__(self, run_name: str):
-        tags = {"run": run_name}
+    """Rank 0's exporter. `start_step`: the step the process starts from (a resumed checkpoint's), so that
+    `revela_steps` counts the optimizer steps this process takes even when only logging steps are recorded."""
+
+    def __init__(self, run_name: str, start_step: int = 0):
+        self.last_step = start_step
+        tags = {RUN_TAG: run_name}
         self.gauges = {}
         for key, description in GAUGES.items():
-            gauge = Gauge(f"revela_{key}", description=description, tag_keys=("run",))
+            gauge = Gauge(metric_name(key), description=description, tag_keys=(RUN_TAG,))
             gauge.set_default_tags(tags)
             self.gauges[key] = gauge
-        self.steps = Counter("revela_steps", description="Optimizer steps taken", tag_keys=("run",))
-        self.steps.set_default_tags(tags)
-        self.tokens = Counter("revela_tokens", description="LM tokens trained on (rank 0)", tag_keys=("run",))
-        self.tokens.set_default_tags(tags)
+        self.counters = {}
+        for key, description in COUNTERS.items():
+            counter = Counter(metric_name(key), description=description, tag_keys=(RUN_TAG,))
+            counter.set_default_tags(tags)
+            self.counters[key] = counter
 
     def record(self, metrics: dict) -> None:
         for key, gauge in self.gauges.items():
             if key in metrics:
                 gauge.set(float(metrics[key]))
-        self.steps.inc(float(metrics.get("interval_steps", 1)))
-        self.tokens.inc(float(metrics.get("tokens", 0)))
+        step = int(metrics.get("step", self.last_step + 1))
+        if step > self.last_step:
+            self.counters["steps"].inc(step - self.last_step)
+        self.last_step = step
+        tokens = float(metrics.get("tokens", 0))
+        if tokens > 0:  # a Counter refuses non-positive increments
+            self.counters["tokens"].inc(tokens)

@@ -19,6 +19,7 @@ from revela.config import RunConfig
 from revela.model import RevelaModel
 from revela.train.checkpoint import gather_training_state, load_checkpoint, save_checkpoint
 from revela.train.loop import NonFiniteLossError, Trainer
+from revela.train.ray_setup import follow_train_log_level
 from revela.train.telemetry import DashboardMetrics
 
 STATUS_FILE = "revela_status.json"
@@ -57,6 +58,7 @@ def fsdp_kwargs(model: RevelaModel, device: torch.device) -> dict:
 def train_worker(config: dict) -> None:
     cfg = RunConfig.model_validate(config["run"])
     run_dir = Path(config["run_dir"])
+    follow_train_log_level()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed_rank(cfg.train.seed, rank, 0)
@@ -81,7 +83,7 @@ def train_worker(config: dict) -> None:
         # each rank its own random stream again (the checkpoint holds rank 0's), distinct from before the restart
         seed_rank(cfg.train.seed, rank, trainer.step)
         data_state = rescale_position(data_state, world)
-    telemetry = DashboardMetrics(cfg.name) if rank == 0 else None
+    telemetry = DashboardMetrics(cfg.name, start_step=trainer.step) if rank == 0 else None
     shard = ray.train.get_dataset_shard("train")
 
     validate = bool(cfg.eval.datasets)

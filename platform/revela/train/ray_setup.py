@@ -1,0 +1,85 @@
+"""Ray's own switches that keep a training run's console clean and its dashboard working.
+
+- Ray Train V2's controller always starts a `PlacementGroupCleaner` (and, with `RAY_TRAIN_ENABLE_STATE_TRACKING=1`,
+  a `TrainStateActor`) that poll actor states through the State API, i.e. the dashboard's HTTP server. Without a
+  dashboard, or when they cannot tell which of several Ray instances on the machine is theirs, they print a
+  traceback or a warning every second. So the embedded local Ray runs its dashboard, and every actor of the job is
+  told where the API server is (`RAY_API_SERVER_ADDRESS`) or which cluster it belongs to (`RAY_ADDRESS`).
+  On one machine nothing is preempted, so the embedded Ray also leaves out Train's preemption watcher (whose
+  creation logs a core-worker error line about restartable actors).
+- Ray Train logs every `ray.train.report` as "Reporting training result ... TrainingReport(...)" at INFO; the run's
+  `LoggingConfig` sets Ray Train's console level (WARNING unless verbose). Its system log files keep everything.
+- Model-loading progress bars are off (`HF_HUB_DISABLE_PROGRESS_BARS`, read by transformers too), and so are two
+  deprecation warnings nobody running a job can act on, through Python's own warning options (Ray defers to them):
+  Ray's internal use of its own deprecated options (RayDeprecationWarning, e.g. `exclude_resources` inside Ray
+  Train's DatasetManager) and peft reading transformers' renamed `is_gradient_checkpointing`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import warnings
+
+LIBRARY_DEPRECATION = "`is_gradient_checkpointing` is deprecated"  # peft 0.21 reading transformers 5's old name
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1",
+             "PYTHONWARNINGS": f"ignore::DeprecationWarning,ignore:{LIBRARY_DEPRECATION}:FutureWarning"}
+"""Environment for every process of a run (a value already set wins)."""
+LOCAL_ONLY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def state_api_env(address: str | None) -> dict[str, str]:
+    """Environment variables that point Ray's State API clients (in the Train controller's helper actors) at this
+    job's cluster: an http:// dashboard URL directly, a GCS address through RAY_ADDRESS; nothing for "auto"."""
+    if not address or address == "auto" or address.startswith("ray://"):
+        return {}
+    if address.startswith(("http://", "https://")):
+        return {"RAY_API_SERVER_ADDRESS": address}
+    return {"RAY_ADDRESS": address}
+
+
+def local_ray_options(host: str = "127.0.0.1") -> tuple[dict, dict[str, str]]:
+    """ray.init keyword arguments for an embedded local Ray with its dashboard on a free loopback port, and the
+    environment its actors need to reach that dashboard's State API."""
+    port = free_port(host)
+    options = {"include_dashboard": True, "dashboard_host": host, "dashboard_port": port}
+    return options, {**state_api_env(f"http://{host}:{port}"), **LOCAL_ONLY_ENV}
+
+
+def quiet_libraries() -> None:
+    """QUIET_ENV for the processes this one starts, and its effect in this (already running) process: Python reads
+    PYTHONWARNINGS and transformers reads HF_HUB_DISABLE_PROGRESS_BARS only at start-up / import."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    if os.environ["PYTHONWARNINGS"] == QUIET_ENV["PYTHONWARNINGS"]:
+        warnings.filterwarnings("ignore", message=LIBRARY_DEPRECATION, category=FutureWarning)
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def train_logging(verbose: bool):
+    """Ray Train's console log level: INFO brings back its per-report result dumps and state transitions."""
+    import ray.train
+
+    return ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING")
+
+
+def follow_train_log_level() -> None:
+    """In a Train worker: give the run's LoggingConfig level to the logger that Ray Train (2.60) names after its
+    file path and that emits "Reporting training result ..."; its `ray.train` logger setup misses that one."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        level = train_context.get_train_context().train_run_context.get_run_config().logging_config.log_level
+    except (ImportError, AttributeError, RuntimeError, AssertionError):  # another Ray layout: nothing to align
+        return
+    logging.getLogger(train_context.__file__).setLevel(level)
