@@ -61,7 +61,7 @@ def _dev_sets(datasets: list[str], split: str, max_queries: int | None, eval_dir
 def score_checkpoint(checkpoint_dir: str, datasets: list[str], *, split: str = "test",
                      max_queries: int | None = None, batch_size: int = 32, max_length: int | None = None,
                      k: int = 100, prefix: str = "dev", eval_dir: str | None = None,
-                     record: bool = False) -> dict[str, float]:
+                     record: bool = False, history_file: str | None = None) -> dict[str, float]:
     """Flat metrics of the retriever in `checkpoint_dir` on `datasets` (directories or suite names).
 
     checkpoint_dir is a training checkpoint (revela_checkpoint.json + retriever/), an exported folder or a plain
@@ -92,6 +92,9 @@ def score_checkpoint(checkpoint_dir: str, datasets: list[str], *, split: str = "
         tmp = target.with_name(f".{EVAL_FILE}.tmp")
         tmp.write_text(json.dumps({"metrics": flat, "report": report}, indent=2) + "\n")
         os.replace(tmp, target)
+    if history_file:
+        with open(history_file, "a") as f:
+            f.write(json.dumps({"checkpoint": str(checkpoint_dir), "scored_at": time.time(), **flat}) + "\n")
     log.info("scored %s: %s=%.4f", checkpoint_dir, f"{prefix}_ndcg_at_10", flat[f"{prefix}_ndcg_at_10"])
     return flat
 
