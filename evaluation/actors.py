@@ -115,7 +115,10 @@ def validation_config(datasets: list[str], *, num_cpus: float = 0.5, num_gpus: f
 
     return ValidationConfig(fn=validate_checkpoint,
                             task_config=ValidationTaskConfig(fn_kwargs={"datasets": list(datasets), **score_kwargs}),
-                            ray_remote_kwargs={"num_cpus": num_cpus, "num_gpus": num_gpus})
+                            # its own resources, never the caller's placement group: inside a Ray Tune trial the
+                            # Train controller would otherwise put it into the trial's tiny bundle, where it cannot fit
+                            ray_remote_kwargs={"num_cpus": num_cpus, "num_gpus": num_gpus,
+                                               "scheduling_strategy": "DEFAULT"})
 
 
 class CheckpointEvaluator:

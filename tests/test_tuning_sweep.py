@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -54,6 +55,12 @@ def head():
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+    for leftover in psutil.process_iter():  # workers that left the head's process group, still in its session
+        try:
+            if os.getsid(leftover.pid) == proc.pid:
+                leftover.kill()
+        except (ProcessLookupError, psutil.Error):
+            pass
 
 
 def write_models(root: Path) -> dict[str, Path]:
@@ -112,7 +119,8 @@ def sweep_config(tmp_path_factory, head):
     (root / "base.yaml").write_text(yaml.safe_dump(base))
     sweep = {"name": "grid", "base": "base.yaml", "datasets": [str(dev)], "budget": {"chunks": 16},
              "checkpoints": 2, "storage_path": str(root / "sweeps"), "ray_address": head["address"],
-             "axes": {"group_size": [2, 4],
+             # B=4 (4 steps) runs first, then B=2 (8 steps): the driver is killed part-way through a B=2 trial
+             "axes": {"group_size": [4, 2],
                       "retriever": [{"label": "small", "name": str(models["small"])},
                                     {"label": "large", "name": str(models["large"])}]}}
     path = root / "sweep.yaml"
@@ -136,7 +144,8 @@ def test_two_by_two_sweep_survives_a_killed_driver_and_reports(head, sweep_confi
         deadline, interrupted = time.time() + 420, None
         while time.time() < deadline and first.poll() is None:
             finished = sorted(p.parent.name for p in runs.glob("*/revela_trial.json"))
-            partial = [d for d in runs.glob("*") if d.name not in finished and list(d.glob("checkpoint_*"))]
+            partial = [d for d in runs.glob("*") if d.name not in finished and not (d / "revela_status.json").exists()
+                       and list(d.glob("checkpoint_*/revela_checkpoint.json"))]
             if finished and partial:
                 interrupted = partial[0]
                 break

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from revela.tuning.report import _line_label
+from revela.tuning.report import _line_label, human_count
 
 
 def _pyplot():
@@ -37,7 +37,7 @@ def plot_vs_group_size(cells: pd.DataFrame, path: Path) -> dict:
     series = {}
     for n, (_, line) in enumerate(cells.groupby(["retriever", "lm", "grouping", "temperature", "lr"], dropna=False)):
         line = line.sort_values("group_size")
-        label = f"{_line_label(line.iloc[0], cells)} ({line.iloc[0]['retriever_params'] / 1e6:.1f}M)"
+        label = f"{_line_label(line.iloc[0], cells)} ({human_count(line.iloc[0]['retriever_params'])})"
         color = f"C{n % 10}"
         ax.errorbar(line["group_size"], line["best"], yerr=_errors(line["best_std"]), marker="o", capsize=3,
                     color=color, label=label)

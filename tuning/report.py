@@ -101,6 +101,14 @@ def cell_table(results: pd.DataFrame, dataset: str = "mean", metric: str = MAIN)
     return cells.sort_values(["retriever_params", "lm_params", "group_size"]).reset_index(drop=True)
 
 
+def human_count(n: float) -> str:
+    """22713216 -> '22.7M' (parameter counts in tables and legends)."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.1f}{suffix}"
+    return f"{n:.0f}"
+
+
 def _pm(mean: float, std: float) -> str:
     if mean != mean:
         return "–"
@@ -158,7 +166,7 @@ def summary_markdown(plan: dict, records: list[dict], missing: list[str], result
               "| chunks | LM tokens | FLOPs | GPU-h | trials |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, c in cells.iterrows():
-        lines.append(f"| {c['group_size']} | {c['retriever']} ({c['retriever_params'] / 1e6:.1f}M) | {c['lm']} | "
+        lines.append(f"| {c['group_size']} | {c['retriever']} ({human_count(c['retriever_params'])}) | {c['lm']} | "
                      f"{c['seeds']} | {_pm(c['best'], c['best_std'])} | {_pm(c['final'], c['final_std'])} | "
                      f"{c['backbone']:.4f} | {c['best'] - c['backbone']:+.4f} | {c['chunks_seen']:.0f} | "
                      f"{c['tokens_seen']:.0f} | {c['flops']:.3g} | {c['gpu_hours']:.3f} | {c['trials']} |")

@@ -71,6 +71,14 @@ def finished_run(run_dir: Path, cfg) -> bool:
             and json.loads(report.read_text()).get("steps") == cfg.train.max_steps)
 
 
+def trained_to_the_end(run_dir: Path, cfg) -> bool:
+    from revela.train.driver import RUN_FILE, config_hash, read_status
+
+    record = run_dir / RUN_FILE
+    return (record.is_file() and json.loads(record.read_text())["config_hash"] == config_hash(cfg)
+            and read_status(run_dir).get("status") == "finished" and read_status(run_dir).get("step") == cfg.train.max_steps)
+
+
 def summarize(cfg, params: dict, run_dir: Path, backbone_file: Path, wall_s: float, tune_dir: str | None) -> dict:
     """The trial's record (what the report is built from); every number comes from files in `run_dir`."""
     from revela.train.driver import DEV_SCORES_FILE, metrics_history
@@ -148,7 +156,9 @@ def run_trial(config: dict) -> None:
     record = json.loads(path.read_text()) if path.is_file() else None
     if record is None or record["trial_hash"] != trial_hash(cfg):
         if not finished_run(run_dir, cfg):
-            run(cfg, mode=plan["run_mode"], callbacks=(DevScoreReport(str(run_dir), cfg.eval.select_best_by),))
+            # trained to the end but stopped before its report: "resume" takes no step and writes the report
+            mode = "resume" if trained_to_the_end(run_dir, cfg) else plan["run_mode"]
+            run(cfg, mode=mode, callbacks=(DevScoreReport(str(run_dir), cfg.eval.select_best_by),))
         try:
             tune_dir = tune.get_context().get_trial_dir()
         except Exception:  # noqa: BLE001 - the record is still complete without it
