@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def write_sweep(tmp_path: Path, **changes) -> Path:
     sweep = {"name": "plan", "datasets": ["stdlib-code"], "budget": {"chunks": 64},
              "run": {"ray": {"num_workers": 2, "cpus_per_worker": 1}, "train": {"grad_accum": 2}},
-             "axes": {"group_size": [2, 4, 8], "seeds": [0, 1],
+             "axes": {"group_size": [3, 4, 8], "seeds": [0, 1],
                       "retriever": [{"label": "minilm", "name": "all-minilm-l6-v2",
                                      "run": {"model": {"objective": {"temperature": 0.05}}}},
                                     {"label": "smol", "name": "smollm2-135m",
@@ -51,7 +51,7 @@ def test_grid_names_equal_chunk_budgets_and_data_shared_per_group_size(tmp_path)
     for t in trials:
         B = t.params["group_size"]
         per_step = B * 2 * 2  # B x workers x grad_accum
-        assert t.run["train"]["max_steps"] == 64 // per_step  # every cell sees the same 64 chunks
+        assert t.run["train"]["max_steps"] == round(64 / per_step)  # every cell sees the same 64 chunks
         assert t.run["train"]["checkpoint_every"] == max(1, t.run["train"]["max_steps"] // 2)
         assert t.run["data"]["shards"] == str(tmp_path / "sw" / "data" / t.data_key)
         assert t.run["eval"]["datasets"] == ["stdlib-code"]
@@ -59,8 +59,8 @@ def test_grid_names_equal_chunk_budgets_and_data_shared_per_group_size(tmp_path)
         assert t.run["train"]["seed"] == t.params["seed"]
     # groups of each B are prepared once, shared by both retrievers and both seeds (same LM tokenizer)
     assert len({t.data_key for t in trials}) == 3
-    assert {t.data_key.split("-")[0] for t in trials} == {"b2", "b4", "b8"}
-    minilm, smol = by_name["b2-minilm-smollm2-135m-s0"].run, by_name["b2-smol-smollm2-135m-s0"].run
+    assert {t.data_key.split("-")[0] for t in trials} == {"b3", "b4", "b8"}
+    minilm, smol = by_name["b3-minilm-smollm2-135m-s0"].run, by_name["b3-smol-smollm2-135m-s0"].run
     assert minilm["model"]["objective"]["temperature"] == 0.05  # what goes with the model travels with it
     assert smol["model"]["retriever"]["pooling"] == "eos" and smol["model"]["retriever"]["name"] == "smollm2-135m"
     # a tau axis overrides the model's own tau, and shows in the names
@@ -74,7 +74,7 @@ def test_budgets_in_steps_and_tokens(tmp_path):
     assert {t.run["train"]["max_steps"] for t in trials} == {7}  # equal steps: larger B sees more chunks
     run = trials[0].run
     # tokens: chunks per step x the LM's tokens per chunk
-    assert steps_for(Budget(tokens=6400), run, tokens_per_chunk=20.0) == round(6400 / (2 * 2 * 2 * 20))
+    assert steps_for(Budget(tokens=6400), run, tokens_per_chunk=20.0) == round(6400 / (3 * 2 * 2 * 20))  # B=3 x 2 workers x 2 accum
     with pytest.raises(ConfigError, match="less than one optimizer step"):
         plan(write_sweep(tmp_path), tmp_path / "sw", ["budget.chunks=10"])  # B=8 x 4 groups = 32 per step
 
@@ -156,6 +156,11 @@ def test_derived_model_keeps_the_first_layers(tmp_path):
 
 
 def write_trial(runs: Path, name: str, params: dict, best: float, backbone: float, losses: list[float]) -> dict:
+    """A finished trial's record and metrics file, as `run_trial` leaves them; returns its plan entry."""
+    from revela.config import RunConfig
+    from revela.tuning.trial import trial_hash
+
+    run = {"name": name, "ray": {"storage_path": str(runs)}, "train": {"max_steps": len(losses)}}
     run_dir = runs / name
     run_dir.mkdir(parents=True)
     with open(run_dir / "metrics.jsonl", "w") as f:
@@ -164,7 +169,8 @@ def write_trial(runs: Path, name: str, params: dict, best: float, backbone: floa
     flat = {"dev_ndcg_at_10": best, "dev_recall_at_100": 1.0, "dev_mrr_at_10": best, "dev_map_at_100": best,
             "d1/ndcg_at_10": best, "d1/recall_at_100": 1.0, "d1/mrr_at_10": best, "d1/map_at_100": best}
     point = {"step": len(losses), "checkpoint": str(run_dir / "checkpoint_x"), "metrics": flat}
-    record = {"trial": name, "params": params, "run_dir": str(run_dir), "tune_trial_dir": None, "trial_hash": "h",
+    record = {"trial": name, "params": params, "run_dir": str(run_dir), "tune_trial_dir": None,
+              "trial_hash": trial_hash(RunConfig.model_validate(run)),
               "select_best_by": "dev_ndcg_at_10", "datasets": ["d1"], "steps": len(losses),
               "max_steps": len(losses), "group_size": params["group_size"], "groups_seen": len(losses),
               "chunks_seen": len(losses) * params["group_size"], "tokens_seen": 40 * len(losses),
@@ -174,7 +180,7 @@ def write_trial(runs: Path, name: str, params: dict, best: float, backbone: floa
               "backbone": {"model": "m", "file": "f", "metrics": {**flat, "dev_ndcg_at_10": backbone,
                                                                    "d1/ndcg_at_10": backbone}}}
     (run_dir / "revela_trial.json").write_text(json.dumps(record))
-    return record
+    return {"params": params, "run": run}
 
 
 def test_report_averages_seeds_with_error_bars_and_states_the_trend(tmp_path):
@@ -187,11 +193,10 @@ def test_report_averages_seeds_with_error_bars_and_states_the_trend(tmp_path):
         name = f"b{B}-m-lm-s{seed}"
         params = {"group_size": B, "retriever": "m", "lm": "lm", "seed": seed, "lr": 1e-4, "grouping": "adjacent",
                   "temperature": 0.05}
-        write_trial(runs, name, params, best, 0.25, [3.0, 2.5])
-        plan_trials[name] = {"params": params, "run": {"ray": {"storage_path": str(runs)}, "train": {"max_steps": 2}}}
+        plan_trials[name] = write_trial(runs, name, params, best, 0.25, [3.0, 2.5])
         order.append(name)
     order.append("b32-m-lm-s0")  # never finished: listed, not dropped silently
-    plan_trials["b32-m-lm-s0"] = {"params": {}, "run": {"ray": {"storage_path": str(runs)}, "train": {"max_steps": 2}}}
+    plan_trials["b32-m-lm-s0"] = {"params": {}, "run": {"name": "b32-m-lm-s0", "ray": {"storage_path": str(runs)}}}
     (sweep_dir / "sweep.json").write_text(json.dumps({"order": order, "trials": plan_trials, "sweep": {
         "name": "seeds", "budget": {"steps": 2, "chunks": None, "tokens": None}, "datasets": ["d1"]}}))
     written = write_report(sweep_dir)
@@ -214,3 +219,11 @@ def test_cli_errors_exit_2(tmp_path):
     assert out.exit_code == 2 and "axes.group_size" in out.output
     out = runner.invoke(app, ["report", str(tmp_path)])
     assert out.exit_code == 2 and "not a sweep folder" in out.output
+
+
+def test_jobs_entry_point_is_the_sweep_command():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "jobs/sweep.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and "--overwrite" in out.stdout and "budget.chunks" in out.stdout

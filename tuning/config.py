@@ -58,7 +58,7 @@ class ModelChoice(StrictModel):
 
 class Axes(StrictModel):
     group_size: list[int] = Field(min_length=1)
-    """B: chunks per group. Each B is grouped from the corpus by `revela prepare`, never sliced from another."""
+    """B (>= 3): chunks per group. Each B is grouped from the corpus by `revela prepare`, never sliced from another."""
     retriever: list[ModelChoice] = []
     """Empty: the base config's retriever."""
     lm: list[ModelChoice] = []
@@ -74,9 +74,11 @@ class Axes(StrictModel):
     @field_validator("group_size")
     @classmethod
     def _group_sizes(cls, values: list[int]) -> list[int]:
-        bad = [b for b in values if b < 2]
+        bad = [b for b in values if b < 3]
         if bad:
-            raise ValueError(f"group sizes must be >= 2 (in-batch attention needs other chunks), got {bad}")
+            # at B=2 each chunk has one other chunk: Sim over it is always 1, so the retriever gets no gradient
+            raise ValueError(f"group sizes must be >= 3 (at B=2 the retriever's softmax has one entry and no "
+                             f"gradient), got {bad}")
         return values
 
     @field_validator("lr", "temperature")

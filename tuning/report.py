@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from revela.tuning.trial import SWEEP_FILE, TRIAL_FILE
+from revela.config import RunConfig
+from revela.tuning.trial import SWEEP_FILE, TRIAL_FILE, trial_hash
 
 METRICS = ("ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100")
 CELL_KEYS = ["group_size", "retriever", "lm", "grouping", "temperature", "lr"]
@@ -44,7 +45,7 @@ def load_sweep_dir(sweep_dir: str | Path) -> tuple[dict, list[dict], list[str]]:
         run = plan["trials"][name]["run"]
         path = Path(run["ray"]["storage_path"]) / name / TRIAL_FILE
         record = json.loads(path.read_text()) if path.is_file() else None
-        if record is None or record["steps"] != run["train"]["max_steps"]:
+        if record is None or record["trial_hash"] != trial_hash(RunConfig.model_validate(run)):  # stale or absent
             missing.append(name)
         else:
             records.append(record)
