@@ -206,7 +206,7 @@ def test_report_averages_seeds_with_error_bars_and_states_the_trend(tmp_path):
     assert series["x"] == [4, 8, 16] and series["y"] == pytest.approx([0.32, 0.41, 0.37])
     assert series["backbone"] == pytest.approx(0.25)
     summary = Path(written["summary"]).read_text()
-    assert "does not rise at 8 → 16" in summary
+    assert "does not rise at B=8 → B=16" in summary
     assert "0.3200 ± 0.0283" in summary  # sample std over the two seeds
     assert "b32-m-lm-s0" in summary and "trials finished: 6 of 7" in summary
 

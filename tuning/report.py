@@ -133,13 +133,18 @@ def trend_lines(cells: pd.DataFrame, along: str, by: list[str]) -> list[str]:
         group = group.sort_values(along)
         if len(group) < 2:
             continue
+        first = group.iloc[0]
+        if along == "group_size":
+            label = _line_label(first, cells)
+            xs = [f"B={b}" for b in group["group_size"]]
+        else:  # along the retriever's size, for one B (and LM, grouping, ...)
+            label = f"B={first['group_size']}" + (f" / {first['lm']}" if cells["lm"].nunique() > 1 else "")
+            xs = [f"{r} ({human_count(p)})" for r, p in zip(group["retriever"], group["retriever_params"])]
         values = list(group["best"])
-        steps = " → ".join(f"{a}: {v:.4f}" for a, v in zip(group[along], values))
-        falls = [f"{a} → {b}" for a, b, va, vb in zip(group[along], group[along][1:], values, values[1:]) if vb <= va]
-        verdict = "rises at every step" if not falls else f"does not rise at {', '.join(map(str, falls))}"
-        out.append(f"- {_line_label(group.iloc[0], cells)}" + (f", B={group.iloc[0]['group_size']}"
-                                                                if along != "group_size" else "")
-                   + f": {steps} — {verdict}")
+        steps = " → ".join(f"{x}: {v:.4f}" for x, v in zip(xs, values))
+        falls = [f"{a} → {b}" for a, b, va, vb in zip(xs, xs[1:], values, values[1:]) if vb <= va]
+        verdict = "rises at every step" if not falls else f"does not rise at {', '.join(falls)}"
+        out.append(f"- {label}: {steps} — {verdict}")
     return out
 
 
