@@ -185,7 +185,8 @@ def summary_markdown(plan: dict, records: list[dict], missing: list[str], result
                      f"{r['backbone']:.4f} | {r['chunks_seen']} | {r['tokens_seen']} | {r['flops']:.3g} | "
                      f"{r['wall_s']:.0f} | `{r['run_dir']}` |")
     lines += ["", "## Plots", ""] + [f"- `{Path(p).name}`: {what}" for what, p in plots.items()]
-    lines += ["", "FLOPs: model-FLOPs estimate over the padded positions processed (revela.tuning.compute). "
+    lines += ["", "FLOPs: model-FLOPs estimate over the padded positions of the steps behind the final weights "
+              "(revela.tuning.compute). "
               "GPU-h: device time busy training and scoring (steps retrained after a restart count).", ""]
     return "\n".join(lines)
 

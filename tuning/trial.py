@@ -61,22 +61,20 @@ def trial_hash(cfg) -> str:
     return f"{config_hash(cfg)}-{cfg.train.max_steps}"
 
 
-def finished_run(run_dir: Path, cfg) -> bool:
-    """The Train run under this name finished all its steps with this config (its report is written)."""
-    from revela.train.driver import RUN_FILE, config_hash, read_status
-
-    record, report = run_dir / RUN_FILE, run_dir / "report.json"
-    return (record.is_file() and report.is_file() and read_status(run_dir).get("status") == "finished"
-            and json.loads(record.read_text())["config_hash"] == config_hash(cfg)
-            and json.loads(report.read_text()).get("steps") == cfg.train.max_steps)
-
-
 def trained_to_the_end(run_dir: Path, cfg) -> bool:
+    """The Train run under this name took all its steps with this config (its report may still be missing)."""
     from revela.train.driver import RUN_FILE, config_hash, read_status
 
-    record = run_dir / RUN_FILE
+    record, status = run_dir / RUN_FILE, read_status(run_dir)
     return (record.is_file() and json.loads(record.read_text())["config_hash"] == config_hash(cfg)
-            and read_status(run_dir).get("status") == "finished" and read_status(run_dir).get("step") == cfg.train.max_steps)
+            and status.get("status") == "finished" and status.get("step") == cfg.train.max_steps)
+
+
+def finished_run(run_dir: Path, cfg) -> bool:
+    """Trained to the end and reported: nothing left to do but summarize."""
+    report = run_dir / "report.json"
+    return trained_to_the_end(run_dir, cfg) and report.is_file() and \
+        json.loads(report.read_text()).get("steps") == cfg.train.max_steps
 
 
 def summarize(cfg, params: dict, run_dir: Path, backbone_file: Path, wall_s: float, tune_dir: str | None) -> dict:
