@@ -22,7 +22,7 @@ from revela.cli import app
 from tiny import tiny_encoder, tiny_lm, tokenizer
 
 BIN = Path(sys.executable).parent
-pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(1500), pytest.mark.slow]  # generous: the 2 cores are often shared
 
 
 def free_port() -> int:
@@ -150,7 +150,7 @@ def test_two_by_two_sweep_survives_a_killed_driver_and_reports(head, sweep_confi
         first = subprocess.Popen(command, env=head["env"], stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True)
     try:  # kill the driver once one trial has finished and another is part-way, past a checkpoint
-        deadline, interrupted = time.time() + 420, None
+        deadline, interrupted = time.time() + 720, None
         while time.time() < deadline and first.poll() is None:
             finished = sorted(p.parent.name for p in runs.glob("*/revela_trial.json"))
             partial = [d for d in runs.glob("*") if d.name not in finished and not (d / "revela_status.json").exists()
@@ -167,7 +167,7 @@ def test_two_by_two_sweep_survives_a_killed_driver_and_reports(head, sweep_confi
     checkpointed = max(registered_steps(interrupted))
     time.sleep(2)  # the dead driver's trial actors are cleaned up by Ray
 
-    second = subprocess.run(command, env=head["env"], capture_output=True, text=True, timeout=360)
+    second = subprocess.run(command, env=head["env"], capture_output=True, text=True, timeout=600)
     output = second.stdout + second.stderr
     assert second.returncode == 0, output[-4000:]
     assert "restoring the Tune experiment" in output  # Tuner.restore, not a fresh experiment
