@@ -61,7 +61,8 @@ def _dev_sets(datasets: list[str], split: str, max_queries: int | None, eval_dir
 def score_checkpoint(checkpoint_dir: str, datasets: list[str], *, split: str = "test",
                      max_queries: int | None = None, batch_size: int = 32, max_length: int | None = None,
                      passage_max_length: int | None = 512, k: int = 100, prefix: str = "dev",
-                     eval_dir: str | None = None, record: bool = False) -> dict[str, float]:
+                     eval_dir: str | None = None, record: bool = False,
+                     history_file: str | None = None) -> dict[str, float]:
     """Flat metrics of the retriever in `checkpoint_dir` on `datasets` (directories or suite names).
 
     checkpoint_dir is a training checkpoint (revela_checkpoint.json + retriever/), an exported folder or a plain
@@ -94,6 +95,9 @@ def score_checkpoint(checkpoint_dir: str, datasets: list[str], *, split: str = "
         tmp = target.with_name(f".{EVAL_FILE}.tmp")
         tmp.write_text(json.dumps({"metrics": flat, "report": report}, indent=2, allow_nan=False) + "\n")
         os.replace(tmp, target)
+    if history_file:
+        with open(history_file, "a") as f:
+            f.write(json.dumps({"checkpoint": str(checkpoint_dir), "scored_at": time.time(), **flat}) + "\n")
     log.info("scored %s: %s=%.4f", checkpoint_dir, f"{prefix}_ndcg_at_10", flat[f"{prefix}_ndcg_at_10"])
     return flat
 
@@ -115,7 +119,10 @@ def validation_config(datasets: list[str], *, num_cpus: float = 0.5, num_gpus: f
 
     return ValidationConfig(fn=validate_checkpoint,
                             task_config=ValidationTaskConfig(fn_kwargs={"datasets": list(datasets), **score_kwargs}),
-                            ray_remote_kwargs={"num_cpus": num_cpus, "num_gpus": num_gpus})
+                            # its own resources, never the caller's placement group: inside a Ray Tune trial the
+                            # Train controller would otherwise put it into the trial's tiny bundle, where it cannot fit
+                            ray_remote_kwargs={"num_cpus": num_cpus, "num_gpus": num_gpus,
+                                               "scheduling_strategy": "DEFAULT"})
 
 
 class CheckpointEvaluator:

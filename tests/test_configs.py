@@ -66,3 +66,17 @@ def test_overrides_and_partial_sections_keep_other_defaults(tmp_path):
 def test_group_size_one_is_refused():
     with pytest.raises(ConfigError, match="group_size"):
         load_config(RunConfig, None, ["data.group_size=1"])
+
+
+SWEEPS = sorted((Path(__file__).resolve().parents[1] / "jobs" / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_every_shipped_sweep_config_expands(path, tmp_path):
+    from revela.tuning.config import base_run_dict, load_sweep
+    from revela.tuning.grid import apply_budget, expand
+
+    sweep, base_dir = load_sweep(path)
+    trials = apply_budget(expand(sweep, base_run_dict(sweep, base_dir), tmp_path), sweep, {})
+    assert len(trials) == len(sweep.axes.group_size) * max(1, len(sweep.axes.retriever)) * max(1, len(sweep.axes.lm))
+    assert {p.stem for p in SWEEPS} >= {"tiny-cpu", "paper-batch-size"}

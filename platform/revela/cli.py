@@ -108,9 +108,11 @@ def _register_subcommands() -> None:
     """Subcommands contributed by the data and evaluation packages."""
     from revela.data.prepare import register as register_data
     from revela.evaluation.cli import register as register_evaluation
+    from revela.tuning.cli import register as register_tuning
 
     register_data(app)
     register_evaluation(app)
+    register_tuning(app)
 
 
 _register_subcommands()

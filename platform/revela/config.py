@@ -93,6 +93,8 @@ class RayConfig(StrictModel):
     num_workers: int = Field(1, ge=0)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0, le=1)
+    """With use_gpu: each worker's share of its GPU; below 1 lets evaluation tasks (eval.num_gpus) share it."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
     max_failures: int = Field(2, ge=0)
     storage_path: str = "runs"

@@ -25,6 +25,8 @@ from revela.train.ray_setup import QUIET_ENV, local_ray_options, quiet_libraries
 from revela.train.worker import METRICS_FILE, STATUS_FILE, train_worker
 
 RUN_FILE = "revela_run.json"
+DEV_SCORES_FILE = "dev_scores.jsonl"
+"""One line per scored checkpoint (step, dev metrics), appended by the evaluation task: kept when checkpoints are pruned."""
 Mode = Literal["auto", "resume", "overwrite"]
 
 
@@ -111,7 +113,7 @@ def read_status(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def checkpoint_and_validation(cfg: RunConfig):
+def checkpoint_and_validation(cfg: RunConfig, run_dir: Path | None = None):
     """Keep the best K checkpoints by the dev metric when there are dev sets (scored asynchronously by evaluation
     tasks as checkpoints arrive), else the latest K."""
     if not cfg.eval.datasets:
@@ -121,17 +123,18 @@ def checkpoint_and_validation(cfg: RunConfig):
     ev = cfg.eval
     validation = validation_config(ev.datasets, num_cpus=ev.num_cpus, num_gpus=ev.num_gpus,
                                    max_queries=ev.max_queries, batch_size=ev.batch_size, max_length=ev.max_length,
-                                   passage_max_length=ev.passage_max_length, record=True)
+                                   passage_max_length=ev.passage_max_length, record=True,
+                                   history_file=str(run_dir / DEV_SCORES_FILE) if run_dir else None)
     keep = ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                       checkpoint_score_attribute=ev.select_best_by, checkpoint_score_order="max")
     return keep, validation
 
 
-def fit(cfg: RunConfig, run_dir: Path, dataset, verbose: bool = False) -> ray.train.Result:
-    checkpoint_config, validation = checkpoint_and_validation(cfg)
+def fit(cfg: RunConfig, run_dir: Path, dataset, verbose: bool = False, callbacks: tuple = ()) -> ray.train.Result:
+    checkpoint_config, validation = checkpoint_and_validation(cfg, run_dir)
     scaling = ray.train.ScalingConfig(
         num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
-        resources_per_worker={"CPU": cfg.ray.cpus_per_worker, **({"GPU": 1} if cfg.ray.use_gpu else {})})
+        resources_per_worker={"CPU": cfg.ray.cpus_per_worker, **({"GPU": cfg.ray.gpus_per_worker} if cfg.ray.use_gpu else {})})
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"run": cfg.model_dump(), "run_dir": str(run_dir)},
@@ -141,7 +144,8 @@ def fit(cfg: RunConfig, run_dir: Path, dataset, verbose: bool = False) -> ray.tr
         run_config=ray.train.RunConfig(
             name=cfg.name, storage_path=str(run_dir.parent),
             failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures),
-            checkpoint_config=checkpoint_config, logging_config=train_logging(verbose)),
+            checkpoint_config=checkpoint_config, logging_config=train_logging(verbose),
+            callbacks=list(callbacks)),
     )
     return trainer.fit()
 
@@ -153,9 +157,11 @@ def metrics_history(run_dir: Path) -> list[dict]:
     return sorted({row["step"]: row for row in rows}.values(), key=lambda row: row["step"])
 
 
-def run(cfg: RunConfig, mode: Mode = "auto", verbose: bool = False) -> dict:
+def run(cfg: RunConfig, mode: Mode = "auto", verbose: bool = False, callbacks: tuple = ()) -> dict:
     """Train `cfg` end to end; returns (and writes to <run>/report.json) the run's report.
-    verbose: Ray Train's per-report result dumps and state transitions on the console too."""
+
+    verbose: Ray Train's per-report result dumps and state transitions on the console too.
+    callbacks: Ray Train user callbacks (e.g. forwarding metrics to a Ray Tune trial)."""
     from revela.train.console import RunConsole
     from revela.train.data import heldout_and_training_data
     from revela.train.report import write_report
@@ -167,7 +173,7 @@ def run(cfg: RunConfig, mode: Mode = "auto", verbose: bool = False) -> dict:
     before = data.score_heldout(cfg, checkpoint=None)
     with RunConsole(run_dir, cfg.train.max_steps, cfg.train.log_every,
                     eval_metric=cfg.eval.select_best_by if cfg.eval.datasets else None):
-        result = fit(cfg, run_dir, data.train, verbose)
+        result = fit(cfg, run_dir, data.train, verbose, callbacks)
     status = read_status(run_dir)
     if status.get("status") == "non_finite_loss":
         raise TrainingStoppedError(

@@ -1,0 +1,10 @@
+"""Entry point for `ray job submit`: the same command as `revela sweep`.
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . --runtime-env jobs/runtime_env.yaml \
+        -- python jobs/sweep.py --config jobs/sweeps/tiny-cpu.yaml storage_path=$PWD/runs/sweeps
+"""
+
+from revela.cli import app
+
+if __name__ == "__main__":
+    app(["sweep", *__import__("sys").argv[1:]])

@@ -1,0 +1,194 @@
+"""The sweep config: a base run config, the axes of the grid, and the budget held equal across its cells.
+
+    name: b-by-model                  # the sweep folder: <storage_path>/<name>
+    base: ../configs/smoke-cpu.yaml   # run config every trial starts from (relative to this file)
+    run: {train: {heldout_groups: 0}} # sections merged over the base for every trial
+    datasets: [stdlib-code]           # dev sets every checkpoint is scored on (eval.datasets of each trial)
+    budget: {chunks: 4096}            # exactly one of steps, chunks, tokens
+    axes:
+      group_size: [4, 8, 16, 32]
+      retriever:                      # one entry per model; `run` carries what goes with that model
+        - {label: minilm, name: all-minilm-l6-v2, run: {model: {objective: {temperature: 0.05}}}}
+        - {label: smollm2, name: smollm2-135m, run: {model: {retriever: {pooling: eos, finetune: lora}}}}
+      lm: [{label: smollm2, name: smollm2-135m}]
+      seeds: [0, 1]                   # optional: lr, grouping, temperature too
+
+Why the budget matters: comparing group sizes at equal optimizer steps gives the larger B more chunks and more
+LM tokens; at equal chunks (or tokens) the smaller B takes more steps. They answer different questions, so the
+budget is explicit and the same for every cell.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from revela.configbase import ConfigError, SafeName, StrictModel, apply_overrides, load_yaml, validate
+from revela.data.config import Grouping
+
+SCALING_AXES = ("group_size", "retriever", "lm", "grouping")
+"""Axes a scaling study compares; an early-stopping scheduler must never rank trials across them."""
+
+
+class DeriveSpec(StrictModel):
+    """A smaller model cut from a pretrained one: its first `layers` blocks (embeddings and head kept)."""
+
+    base: str
+    layers: int = Field(ge=1)
+
+
+class ModelChoice(StrictModel):
+    label: SafeName
+    """Short name used in trial names, tables and plot legends."""
+    name: str | None = None
+    """Model name or path (offline asset alias, local folder or hub id)."""
+    derive: DeriveSpec | None = None
+    """Instead of `name`: build a depth-truncated copy of a pretrained model into the sweep folder."""
+    run: dict[str, Any] = {}
+    """Run-config sections that go with this model (pooling, finetune mode, tau, learning rate, ...)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelChoice":
+        if (self.name is None) == (self.derive is None):
+            raise ValueError(f"model {self.label!r}: give exactly one of `name` or `derive`")
+        return self
+
+
+class Axes(StrictModel):
+    group_size: list[int] = Field(min_length=1)
+    """B (>= 3): chunks per group. Each B is grouped from the corpus by `revela prepare`, never sliced from another."""
+    retriever: list[ModelChoice] = []
+    """Empty: the base config's retriever."""
+    lm: list[ModelChoice] = []
+    """Empty: the base config's LM."""
+    seeds: list[int] = []
+    """Empty: the base config's train.seed. Several seeds give the report's error bars."""
+    lr: list[float] = []
+    """train.lr values (an inner search); empty: the base config's."""
+    grouping: list[Grouping] = []
+    temperature: list[float] = []
+    """model.objective.temperature (tau) values; empty: the base config's (or the model choice's)."""
+
+    @field_validator("group_size")
+    @classmethod
+    def _group_sizes(cls, values: list[int]) -> list[int]:
+        bad = [b for b in values if b < 3]
+        if bad:
+            # at B=2 each chunk has one other chunk: Sim over it is always 1, so the retriever gets no gradient
+            raise ValueError(f"group sizes must be >= 3 (at B=2 the retriever's softmax has one entry and no "
+                             f"gradient), got {bad}")
+        return values
+
+    @field_validator("lr", "temperature")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        if any(v <= 0 for v in values):
+            raise ValueError(f"values must be > 0, got {values}")
+        return values
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Axes":
+        for axis in ("group_size", "seeds", "lr", "grouping", "temperature"):
+            values = getattr(self, axis)
+            if len(set(values)) != len(values):
+                raise ValueError(f"axes.{axis} lists a value twice: {values}")
+        for axis in ("retriever", "lm"):
+            labels = [c.label for c in getattr(self, axis)]
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"axes.{axis}: two models share a label: {labels}")
+        return self
+
+
+class Budget(StrictModel):
+    """What is held equal across cells; exactly one is set."""
+
+    steps: int | None = Field(None, ge=1)
+    """Optimizer steps."""
+    chunks: int | None = Field(None, ge=1)
+    """Chunks seen: steps x B x groups per step."""
+    tokens: int | None = Field(None, ge=1)
+    """LM tokens seen, estimated from the prepared chunks' mean length; the trial reports the tokens really seen."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Budget":
+        given = [k for k in ("steps", "chunks", "tokens") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of steps, chunks or tokens (got {given or 'none'})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("steps", "chunks", "tokens") if getattr(self, k) is not None)
+
+    @property
+    def value(self) -> int:
+        return getattr(self, self.kind)
+
+
+class Scheduler(StrictModel):
+    kind: Literal["fifo", "asha"] = "fifo"
+    """fifo: every cell runs its whole budget (the default, and the only choice across a scaling grid).
+    asha: early stopping, for inner searches only (learning rate, tau, seeds), ranked on the dev metric."""
+    grace_period: int = Field(1, ge=1)
+    """asha: optimizer steps before a trial can be stopped."""
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class SweepConfig(StrictModel):
+    name: SafeName
+    base: str | None = None
+    """Run-config YAML every trial starts from, relative to the sweep file; None: the embedded defaults."""
+    run: dict[str, Any] = {}
+    """Run-config sections merged over the base for every trial."""
+    datasets: list[str] = Field(min_length=1)
+    """Dev sets (BEIR directories or suite names) scored on every checkpoint and for the untrained backbones."""
+    axes: Axes
+    budget: Budget
+    checkpoints: int = Field(2, ge=1)
+    """Evenly spaced checkpoints (each scored on the dev sets) per trial, whatever its step count."""
+    scheduler: Scheduler = Scheduler()
+    storage_path: str = "runs/sweeps"
+    ray_address: str | None = None
+    """None: the base config's ray.address (None there too: an embedded local Ray)."""
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    """None: as many as the cluster's GPUs (or CPUs, on CPU clusters) hold at once."""
+    max_trial_failures: int = Field(1, ge=0)
+    """Tune retries of a failed trial (it resumes from its last checkpoint)."""
+
+    @model_validator(mode="after")
+    def _scheduler_only_for_inner_searches(self) -> "SweepConfig":
+        if self.scheduler.kind == "fifo":
+            return self
+        compared = [a for a in SCALING_AXES if len(getattr(self.axes, a)) > 1]
+        if compared:
+            raise ValueError(
+                f"scheduler.kind={self.scheduler.kind} would stop cells of the scaling grid early "
+                f"(axes {compared} have several values); run the grid with fifo, and use asha only for an inner "
+                "search (lr, temperature) inside one cell")
+        return self
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[SweepConfig, Path]:
+    """The validated sweep config and the folder relative paths in it are resolved against."""
+    path = Path(path)
+    data = apply_overrides(load_yaml(path), overrides or [])
+    return validate(SweepConfig, data, str(path)), path.resolve().parent
+
+
+def base_run_dict(sweep: SweepConfig, base_dir: Path) -> dict:
+    """The base run config as a plain dict: embedded defaults, then the base YAML, then the sweep's `run`."""
+    from revela.config import RunConfig
+    from revela.configbase import deep_merge
+
+    data = RunConfig().model_dump()
+    if sweep.base:
+        base = Path(sweep.base) if Path(sweep.base).is_absolute() else base_dir / sweep.base
+        data = deep_merge(data, load_yaml(base))
+    data = deep_merge(data, sweep.run)
+    metric = data.get("eval", {}).get("select_best_by", "")
+    if not (metric.startswith("dev_") or "/" in metric):
+        raise ConfigError(f"eval.select_best_by={metric!r}: a sweep ranks checkpoints on a dev retrieval metric "
+                          "(dev_ndcg_at_10, <dataset>/ndcg_at_10, ...), never on the LM loss")
+    return data

@@ -1,0 +1,150 @@
+"""The sweep report's PNGs. Each function draws one figure and returns what it drew (its series), so a test
+can check a plot shows what its title claims.
+
+- `ndcg_vs_group_size.png`: best dev nDCG@10 vs B (log x), one line per retriever (model size), error bars =
+  sample std over seeds, the untrained backbone dashed in the same colour;
+- `ndcg_vs_model_size.png`: best dev nDCG@10 vs retriever parameters (log x), one line per B;
+- `ndcg_vs_compute.png`: best dev nDCG@10 vs estimated training FLOPs (log x), one point per trial;
+- `training_curves.png`: training loss per step, and dev nDCG@10 per chunks seen, one line per trial.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from revela.tuning.report import _line_label, human_count
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _errors(values: pd.Series) -> list[float] | None:
+    errs = [float(v) if v == v else 0.0 for v in values]
+    return errs if any(errs) else None
+
+
+def plot_vs_group_size(cells: pd.DataFrame, path: Path) -> dict:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series = {}
+    for n, (_, line) in enumerate(cells.groupby(["retriever", "lm", "grouping", "temperature", "lr"], dropna=False)):
+        line = line.sort_values("group_size")
+        label = f"{_line_label(line.iloc[0], cells)} ({human_count(line.iloc[0]['retriever_params'])})"
+        color = f"C{n % 10}"
+        ax.errorbar(line["group_size"], line["best"], yerr=_errors(line["best_std"]), marker="o", capsize=3,
+                    color=color, label=label)
+        ax.axhline(line["backbone"].mean(), color=color, linestyle="--", linewidth=1,
+                   label=f"{line.iloc[0]['retriever']} untrained")
+        series[label] = {"x": [int(b) for b in line["group_size"]], "y": [float(v) for v in line["best"]],
+                         "backbone": float(line["backbone"].mean())}
+    ax.set_xscale("log", base=2)
+    ticks = sorted(cells["group_size"].unique())
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel("group size B (chunks per group, log scale)")
+    ax.set_ylabel("best dev nDCG@10 (mean over dev sets)")
+    ax.set_title("Retrieval quality vs group size")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return series
+
+
+def plot_vs_model_size(cells: pd.DataFrame, path: Path) -> dict:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series = {}
+    for _, line in cells.groupby(["group_size", "lm", "grouping", "temperature", "lr"], dropna=False):
+        line = line.sort_values("retriever_params")
+        label = f"B={line.iloc[0]['group_size']}" + (f" / {line.iloc[0]['lm']}" if cells["lm"].nunique() > 1 else "")
+        ax.errorbar(line["retriever_params"], line["best"], yerr=_errors(line["best_std"]), marker="o", capsize=3,
+                    label=label)
+        for _, point in line.iterrows():
+            ax.annotate(point["retriever"], (point["retriever_params"], point["best"]), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))
+        series[label] = {"x": [int(p) for p in line["retriever_params"]], "y": [float(v) for v in line["best"]],
+                         "models": list(line["retriever"])}
+    ax.set_xscale("log")
+    ax.set_xlabel("retriever parameters (log scale)")
+    ax.set_ylabel("best dev nDCG@10 (mean over dev sets)")
+    ax.set_title("Retrieval quality vs retriever size")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return series
+
+
+def plot_vs_compute(results: pd.DataFrame, path: Path) -> dict:
+    plt = _pyplot()
+    view = results[(results["dataset"] == "mean") & (results["metric"] == "ndcg_at_10")]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = {r: m for r, m in zip(sorted(view["retriever"].unique()), "osD^vP*X")}
+    colors = {b: f"C{n % 10}" for n, b in enumerate(sorted(view["group_size"].unique()))}
+    series = {}
+    for (b, r), group in view.groupby(["group_size", "retriever"]):
+        label = f"B={b}, {r}"
+        ax.scatter(group["flops"], group["best"], marker=markers[r], color=colors[b], label=label)
+        series[label] = {"x": [float(f) for f in group["flops"]], "y": [float(v) for v in group["best"]]}
+    ax.set_xscale("log")
+    ax.set_xlabel("estimated training FLOPs (log scale)")
+    ax.set_ylabel("best dev nDCG@10 (mean over dev sets)")
+    ax.set_title("Retrieval quality vs training compute")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return series
+
+
+def plot_training_curves(records: list[dict], path: Path) -> dict:
+    from revela.train.driver import metrics_history
+
+    plt = _pyplot()
+    fig, (ax_loss, ax_dev) = plt.subplots(1, 2, figsize=(12, 4.5))
+    series = {}
+    for n, rec in enumerate(records):
+        color = f"C{n % 10}"
+        history = metrics_history(Path(rec["run_dir"]))
+        steps = [h["step"] for h in history]
+        ax_loss.plot(steps, [h["loss"] for h in history], color=color, label=rec["trial"])
+        per_step = rec["chunks_seen"] / max(rec["steps"], 1)
+        metric = rec["select_best_by"]
+        dev = [(d["step"] * per_step, d[metric]) for d in rec["dev_history"] if d.get(metric) == d.get(metric)]
+        ax_dev.plot([c for c, _ in dev], [v for _, v in dev], marker="o", color=color, label=rec["trial"])
+        ax_dev.axhline(rec["backbone"]["metrics"].get(metric, float("nan")), color=color, linestyle=":",
+                       linewidth=0.8)
+        series[rec["trial"]] = {"steps": steps, "loss": [h["loss"] for h in history],
+                                "dev_chunks": [c for c, _ in dev], "dev": [v for _, v in dev]}
+    ax_loss.set_xlabel("optimizer step")
+    ax_loss.set_ylabel("pass-3 NTP loss (not comparable across B)")
+    ax_loss.set_title("Training loss")
+    ax_dev.set_xlabel("chunks seen")
+    ax_dev.set_ylabel("dev nDCG@10 (dotted: untrained backbone)")
+    ax_dev.set_title("Dev score during training")
+    ax_dev.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return series
+
+
+def plot_all(cells: pd.DataFrame, results: pd.DataFrame, records: list[dict], out: Path) -> dict:
+    """{what it shows: (path, series)} for every plot."""
+    plots = {}
+    for what, name, draw, data in (
+            ("nDCG@10 vs group size B, one line per retriever", "ndcg_vs_group_size.png", plot_vs_group_size, cells),
+            ("nDCG@10 vs retriever size, one line per B", "ndcg_vs_model_size.png", plot_vs_model_size, cells),
+            ("nDCG@10 vs training FLOPs", "ndcg_vs_compute.png", plot_vs_compute, results),
+            ("training loss and dev nDCG@10 curves", "training_curves.png", plot_training_curves, records)):
+        path = out / name
+        plots[what] = (path, draw(data, path))
+    return plots

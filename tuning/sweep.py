@@ -1,0 +1,189 @@
+"""`revela sweep`: run a sweep config as a Ray Tune experiment, one trial (one Ray Train fit) per grid cell.
+
+Layout of a sweep folder, `<storage_path>/<name>/`:
+
+    sweep.json           the plan: config hash, the resolved run config of every trial, backbone score files
+    tune/                the Tune experiment (restored on re-runs)
+    runs/<trial>/        each trial's Train run: checkpoints, metrics.jsonl, dev_scores.jsonl, report.json,
+                         and revela_trial.json (the trial's record, what `revela report` reads)
+    data/b<B>-.../       the groups of each size, prepared once (`revela prepare`, cached by input hash)
+    models/<label>/      derived (depth-truncated) models, when the sweep asks for them
+    baselines/           the untrained backbones' dev scores
+
+Re-running the same command continues the sweep: the Tune experiment is restored, finished trials are kept and
+unfinished ones resume from their runs' last checkpoints. A changed config under the same name is refused
+unless `mode` is "resume" (a fresh Tune experiment over the new grid; trials whose runs finished with an
+unchanged config are reused, changed runs are continued as `revela train --resume` would) or "overwrite".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Literal
+
+from revela.tuning.config import SweepConfig, base_run_dict, load_sweep
+from revela.tuning.grid import Trial, apply_budget, expand
+from revela.config import RunConfig
+from revela.tuning.trial import SWEEP_FILE, TRIAL_FILE, run_trial, trial_hash, tune_metrics
+
+log = logging.getLogger(__name__)
+
+TUNE_DIR = "tune"
+TRIAL_DRIVER_CPU = 0.01
+"""CPU reserved for each trial's own function (it only drives the Train run); a whole CPU would starve small
+machines and Tune refuses 0."""
+Mode = Literal["auto", "resume", "overwrite"]
+
+
+class SweepConflictError(RuntimeError):
+    """The sweep name is taken by a different config."""
+
+
+class SweepResourceError(RuntimeError):
+    """The cluster cannot hold even one trial: it would wait forever rather than fail."""
+
+
+def sweep_hash(sweep: SweepConfig, base: dict) -> str:
+    """What makes two sweeps the same: the grid, the budget, the dev sets and every trial's base settings."""
+    data = sweep.model_dump(exclude={"storage_path", "ray_address", "max_concurrent_trials", "max_trial_failures"})
+    return hashlib.sha256(json.dumps({"sweep": data, "base": base}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def claim_sweep_dir(sweep: SweepConfig, digest: str, mode: Mode) -> Path:
+    sweep_dir = Path(sweep.storage_path).absolute() / sweep.name
+    record = sweep_dir / SWEEP_FILE
+    if record.is_file() and mode == "overwrite":
+        shutil.rmtree(sweep_dir)
+    elif record.is_file() and json.loads(record.read_text())["config_hash"] != digest:
+        if mode != "resume":
+            raise SweepConflictError(
+                f"sweep {sweep.name!r} in {sweep_dir} was started with a different config; pass --resume to go on "
+                "with this config (finished trials whose runs are unchanged are kept), --overwrite to start over, "
+                "or choose another name")
+        shutil.rmtree(sweep_dir / TUNE_DIR, ignore_errors=True)  # the grid changed: a fresh Tune experiment
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    return sweep_dir
+
+
+def plan_trials(sweep: SweepConfig, base: dict, sweep_dir: Path) -> tuple[list[Trial], dict]:
+    """Expand the grid, build what the trials share (models, groups per B) and fix each trial's steps."""
+    from revela.tuning.budget import lm_tokens_per_chunk
+    from revela.tuning.prepare import check_dev_sets, derive_models, prepare_groups
+
+    trials = expand(sweep, base, sweep_dir)
+    check_dev_sets(sweep.datasets)
+    derive_models(sweep, sweep_dir)
+    data = prepare_groups(trials, sweep_dir)
+    tokens = {}
+    if sweep.budget.kind == "tokens":
+        for t in trials:
+            lm = t.run["model"]["lm"]
+            tokens.setdefault(t.data_key, lm_tokens_per_chunk(data[t.data_key]["chunk_tokens_mean"], lm["name"],
+                                                              lm["max_length"]))
+    return apply_budget(trials, sweep, tokens), data
+
+
+def trial_resources(run: dict) -> dict[str, float]:
+    """What one trial holds at once: its Train workers, the data stream's actor, one evaluation task, itself."""
+    from revela.data.stream import build_stream
+
+    stream_cpus = inspect.signature(build_stream).parameters["num_cpus"].default
+    ray_cfg, ev = run["ray"], run["eval"]
+    workers = max(1, ray_cfg["num_workers"])
+    return {"CPU": workers * ray_cfg["cpus_per_worker"] + stream_cpus + ev["num_cpus"] + TRIAL_DRIVER_CPU,
+            "GPU": (workers * ray_cfg["gpus_per_worker"] if ray_cfg["use_gpu"] else 0) + ev["num_gpus"]}
+
+
+def max_concurrent(trials: list[Trial], cluster: dict[str, float], asked: int | None) -> int:
+    if asked:
+        return asked
+    need = {k: max(trial_resources(t.run)[k] for t in trials) for k in ("CPU", "GPU")}
+    fits = [math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0]
+    n = min(fits)
+    if n < 1:
+        raise SweepResourceError(
+            f"one trial needs {need['CPU']:g} CPUs and {need['GPU']:g} GPUs, the cluster has "
+            f"{cluster.get('CPU', 0):g} and {cluster.get('GPU', 0):g}; it would never start. Give workers fewer "
+            "CPUs (ray.cpus_per_worker), start Ray with more logical CPUs, or add nodes")
+    return min(n, len(trials))
+
+
+def build_scheduler(sweep: SweepConfig, trials: list[Trial]):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if sweep.scheduler.kind == "fifo":
+        return FIFOScheduler()
+    s = sweep.scheduler
+    return ASHAScheduler(time_attr="step", max_t=max(t.run["train"]["max_steps"] for t in trials),
+                         grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+
+
+def write_plan(sweep_dir: Path, digest: str, sweep: SweepConfig, base: dict, trials: list[Trial],
+               backbones: dict[str, Path], data: dict, mode: Mode) -> None:
+    plan = {"config_hash": digest, "sweep": sweep.model_dump(), "base": base,
+            "run_mode": "resume" if mode == "resume" else "auto", "order": [t.name for t in trials],
+            "data": data,
+            "trials": {t.name: {"params": t.params, "run": t.run, "data_key": t.data_key,
+                                "backbone_file": str(backbones[t.name])} for t in trials}}
+    tmp = sweep_dir / f".{SWEEP_FILE}.tmp"
+    tmp.write_text(json.dumps(plan, indent=2, default=str))
+    tmp.replace(sweep_dir / SWEEP_FILE)
+
+
+def make_tuner(sweep: SweepConfig, sweep_dir: Path, trials: list[Trial], concurrency: int):
+    from ray import tune
+
+    trainable = tune.with_resources(run_trial, {"cpu": TRIAL_DRIVER_CPU})
+    path = sweep_dir / TUNE_DIR
+    if tune.Tuner.can_restore(str(path)):
+        log.info("resuming sweep %s: restoring the Tune experiment in %s", sweep.name, path)
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    metric = trials[0].run["eval"]["select_best_by"]
+    asha = sweep.scheduler.kind == "asha"
+    return tune.Tuner(
+        trainable,
+        param_space={"sweep_dir": str(sweep_dir), "trial": tune.grid_search([t.name for t in trials])},
+        tune_config=tune.TuneConfig(scheduler=build_scheduler(sweep, trials), max_concurrent_trials=concurrency,
+                                    metric=metric if asha else None, mode="max" if asha else None,
+                                    reuse_actors=False),
+        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir), verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=sweep.max_trial_failures)))
+
+
+def run_sweep(config: str | Path, overrides: list[str] | None = None, mode: Mode = "auto") -> dict:
+    """Run (or continue) the sweep in `config`; returns {"sweep_dir", "trials": {name: metrics}, "errors"}."""
+    import ray
+
+    from revela.train.driver import ensure_ray
+    from revela.tuning.prepare import score_backbones
+
+    sweep, base_dir = load_sweep(config, overrides)
+    base = base_run_dict(sweep, base_dir)
+    digest = sweep_hash(sweep, base)
+    sweep_dir = claim_sweep_dir(sweep, digest, mode)
+    trials, data = plan_trials(sweep, base, sweep_dir)
+    ensure_ray(sweep.ray_address or base["ray"]["address"])
+    concurrency = max_concurrent(trials, ray.cluster_resources(), sweep.max_concurrent_trials)
+    backbones = score_backbones(trials, sweep_dir)
+    write_plan(sweep_dir, digest, sweep, base, trials, backbones, data, mode)
+    log.info("sweep %s: %d trials, %d at a time, budget %s=%d, in %s", sweep.name, len(trials), concurrency,
+             sweep.budget.kind, sweep.budget.value, sweep_dir)
+    grid = make_tuner(sweep, sweep_dir, trials, concurrency).fit()
+    errors = {}
+    for result in grid:
+        if result.error is not None:
+            errors[(result.config or {}).get("trial", result.path)] = str(result.error).splitlines()[0][:300]
+    done = {}
+    for trial in trials:
+        path = Path(trial.run["ray"]["storage_path"]) / trial.name / TRIAL_FILE
+        record = json.loads(path.read_text()) if path.is_file() else None
+        if record and record["trial_hash"] == trial_hash(RunConfig.model_validate(trial.run)):
+            done[trial.name] = tune_metrics(record)
+    return {"sweep_dir": str(sweep_dir), "trials": done, "errors": errors,
+            "missing": [t.name for t in trials if t.name not in done]}

@@ -1,0 +1,169 @@
+"""One sweep cell as a Ray Tune trial: a plain function that runs one Ray Train fit (the Train V2 pattern).
+
+`run_trial` reads its cell from the sweep plan (`<sweep>/sweep.json`), trains it with `revela.train.driver.run`
+under a stable run name (so a restarted trial resumes from the run's last checkpoint), and writes the trial's
+record, `<sweep>/runs/<trial>/revela_trial.json`: best and final dev scores, the untrained backbone's score on
+the same dev sets, chunks and tokens seen, time, GPU-hours and a FLOPs estimate. A trial whose run already
+finished with the same config is not trained again: its record is reported as it is.
+
+While training, every Train report reaches Tune with the latest dev score scored so far (the evaluation tasks
+append to the run's dev_scores.jsonl), so a scheduler can rank trials on the dev metric.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from ray.tune.integration.ray_train import TuneReportCallback
+
+TRIAL_FILE = "revela_trial.json"
+SWEEP_FILE = "sweep.json"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def dev_history(run_dir: Path) -> list[dict]:
+    """Scored checkpoints by step (a step scored twice, after a restart, keeps its latest score)."""
+    from revela.train.driver import DEV_SCORES_FILE
+
+    rows = [r for r in read_jsonl(run_dir / DEV_SCORES_FILE) if "checkpoint_step" in r]
+    by_step = {int(r["checkpoint_step"]): {**r, "step": int(r["checkpoint_step"])} for r in rows}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def latest_score(run_dir: Path, metric: str) -> float:
+    scored = [r for r in dev_history(run_dir) if metric in r]
+    return float(scored[-1][metric]) if scored else math.nan
+
+
+class DevScoreReport(TuneReportCallback):
+    """Tune's report callback, with the latest dev score (NaN before the first one) in every report."""
+
+    def __init__(self, run_dir: str, metric: str):
+        super().__init__()
+        self.run_dir, self.metric = run_dir, metric
+
+    def after_report(self, run_context, metrics, checkpoint):
+        metrics = [{**metrics[0], self.metric: latest_score(Path(self.run_dir), self.metric)}, *metrics[1:]]
+        super().after_report(run_context, metrics, checkpoint)
+
+
+def trial_hash(cfg) -> str:
+    from revela.train.driver import config_hash
+
+    return f"{config_hash(cfg)}-{cfg.train.max_steps}"
+
+
+def trained_to_the_end(run_dir: Path, cfg) -> bool:
+    """The Train run under this name took all its steps with this config (its report may still be missing)."""
+    from revela.train.driver import RUN_FILE, config_hash, read_status
+
+    record, status = run_dir / RUN_FILE, read_status(run_dir)
+    return (record.is_file() and json.loads(record.read_text())["config_hash"] == config_hash(cfg)
+            and status.get("status") == "finished" and status.get("step") == cfg.train.max_steps)
+
+
+def finished_run(run_dir: Path, cfg) -> bool:
+    """Trained to the end and reported: nothing left to do but summarize."""
+    report = run_dir / "report.json"
+    return trained_to_the_end(run_dir, cfg) and report.is_file() and \
+        json.loads(report.read_text()).get("steps") == cfg.train.max_steps
+
+
+def summarize(cfg, params: dict, run_dir: Path, backbone_file: Path, wall_s: float, tune_dir: str | None) -> dict:
+    """The trial's record (what the report is built from); every number comes from files in `run_dir`."""
+    from revela.train.driver import DEV_SCORES_FILE, metrics_history
+    from revela.train.worker import METRICS_FILE
+    from revela.tuning.compute import flops_per_group, model_shape
+
+    run = cfg.model_dump()
+    metric = cfg.eval.select_best_by
+    world = max(1, cfg.ray.num_workers)
+    history = metrics_history(run_dir)  # the steps that made the final weights
+    every_step = read_jsonl(run_dir / METRICS_FILE)  # steps trained twice after a restart count twice here
+    groups = sum(r["groups"] for r in history) * world
+    dev = dev_history(run_dir)
+    scored = [r for r in dev if metric in r and r[metric] == r[metric]]
+    best = max(scored, key=lambda r: r[metric]) if scored else None
+    final = scored[-1] if scored else None
+    shapes = {"retriever": model_shape(cfg.model.retriever.name), "lm": model_shape(cfg.model.lm.name)}
+    per_group = flops_per_group(run, shapes["retriever"], shapes["lm"])
+    train_gpus = world * cfg.ray.gpus_per_worker if cfg.ray.use_gpu else 0
+    step_s = sum(r.get("step_time_s", 0.0) for r in every_step)
+    eval_s = sum(r.get("dev_eval_seconds", 0.0) for r in read_jsonl(run_dir / DEV_SCORES_FILE))
+
+    def point(row):
+        if row is None:
+            return None
+        return {"step": row["step"], "checkpoint": row["checkpoint"],
+                "metrics": {k: v for k, v in row.items() if k.startswith("dev_") or "/" in k}}
+
+    return {
+        "trial": cfg.name, "params": params, "run_dir": str(run_dir), "tune_trial_dir": tune_dir,
+        "trial_hash": trial_hash(cfg), "select_best_by": metric, "datasets": list(cfg.eval.datasets),
+        "steps": history[-1]["step"] if history else 0, "max_steps": cfg.train.max_steps,
+        "group_size": cfg.data.group_size, "groups_seen": groups, "chunks_seen": groups * cfg.data.group_size,
+        "tokens_seen": sum(r["tokens"] for r in history) * world,
+        "retriever_params": shapes["retriever"].params, "lm_params": shapes["lm"].params,
+        "flops": per_group["total"] * groups, "flops_by_part": {k: v * groups for k, v in per_group.items()},
+        "wall_s": wall_s, "train_step_s": step_s, "dev_eval_s": eval_s,
+        "gpu_hours": (train_gpus * step_s + cfg.eval.num_gpus * eval_s) / 3600.0,
+        "best": point(best), "final": point(final),
+        "backbone": {"model": cfg.model.retriever.name, "file": str(backbone_file),
+                     "metrics": json.loads(backbone_file.read_text())["metrics"]},
+        "dev_history": [{"step": r["step"], metric: r.get(metric)} for r in dev],
+        "final_loss": history[-1]["loss"] if history else None,
+        "finished_at": time.time(),
+    }
+
+
+def tune_metrics(record: dict) -> dict:
+    """The flat numbers a Tune result holds for this trial."""
+    metric = record["select_best_by"]
+    out = {"trial": record["trial"], "step": record["steps"], "chunks_seen": record["chunks_seen"],
+           "tokens_seen": record["tokens_seen"], "flops": record["flops"], "gpu_hours": record["gpu_hours"],
+           "wall_s": record["wall_s"]}
+    for stage in ("best", "final"):
+        out[f"{stage}_{metric}"] = record[stage]["metrics"].get(metric, math.nan) if record[stage] else math.nan
+    out[f"backbone_{metric}"] = record["backbone"]["metrics"].get(metric, math.nan)
+    out[metric] = out[f"best_{metric}"]
+    return out
+
+
+def run_trial(config: dict) -> None:
+    """The Tune trainable: config = {"sweep_dir": ..., "trial": name}."""
+    from ray import tune
+
+    from revela.config import RunConfig
+    from revela.train.driver import run
+
+    started = time.time()
+    sweep_dir = Path(config["sweep_dir"])
+    plan = json.loads((sweep_dir / SWEEP_FILE).read_text())
+    spec = plan["trials"][config["trial"]]
+    cfg = RunConfig.model_validate(spec["run"])
+    run_dir = Path(cfg.ray.storage_path) / cfg.name
+    path = run_dir / TRIAL_FILE
+    record = json.loads(path.read_text()) if path.is_file() else None
+    if record is None or record["trial_hash"] != trial_hash(cfg):
+        if not finished_run(run_dir, cfg):
+            # trained to the end but stopped before its report: "resume" takes no step and writes the report
+            mode = "resume" if trained_to_the_end(run_dir, cfg) else plan["run_mode"]
+            run(cfg, mode=mode, callbacks=(DevScoreReport(str(run_dir), cfg.eval.select_best_by),))
+        try:
+            tune_dir = tune.get_context().get_trial_dir()
+        except Exception:  # noqa: BLE001 - the record is still complete without it
+            tune_dir = None
+        record = summarize(cfg, spec["params"], run_dir, Path(spec["backbone_file"]), time.time() - started,
+                           tune_dir)
+        tmp = path.with_name(f".{TRIAL_FILE}.tmp")
+        tmp.write_text(json.dumps(record, indent=2, default=float))
+        tmp.replace(path)
+    tune.report(tune_metrics(record))
