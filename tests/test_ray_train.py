@@ -22,7 +22,7 @@ from revela.configbase import load_config
 from revela.train.checkpoint import is_complete
 from revela.train.driver import RunConflictError, TrainingStoppedError, run
 from console_checks import false_alarms
-from tiny import tiny_run_overrides, write_tiny_run_assets
+from tiny import tiny_run_overrides, write_json_dev_set, write_tiny_run_assets
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
 
@@ -137,28 +137,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(ray_cluster, asset
     assert last["step"] < 6
 
 
-def write_dev_set(root: Path) -> Path:
-    """A small BEIR-layout dev set: docstring summaries of json functions -> their code."""
-    (root / "qrels").mkdir(parents=True)
-    docs = {
-        "dumps": "def dumps(obj):\n    return JSONEncoder().encode(obj)",
-        "loads": "def loads(s):\n    return JSONDecoder().decode(s)",
-        "escape": "def py_encode_basestring(s):\n    return '\"' + ESCAPE.sub(replace, s) + '\"'",
-        "scan": "def scanstring(s, end, strict=True):\n    chunks = []\n    return ''.join(chunks), end",
-    }
-    queries = {"q1": "Serialize obj to a JSON formatted str", "q2": "Deserialize a str instance to a Python object"}
-    with open(root / "corpus.jsonl", "w") as f:
-        for did, text in docs.items():
-            f.write(json.dumps({"_id": did, "title": "", "text": text}) + "\n")
-    with open(root / "queries.jsonl", "w") as f:
-        for qid, text in queries.items():
-            f.write(json.dumps({"_id": qid, "text": text}) + "\n")
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tdumps\t1\nq2\tloads\t1\n")
-    return root
-
-
 def test_checkpoints_are_scored_by_evaluation_tasks_while_training_continues(ray_cluster, assets, tmp_path, capfd):
-    dev = write_dev_set(tmp_path / "dev")
+    dev = write_json_dev_set(tmp_path / "dev")
     cfg = load_config(RunConfig, None, tiny_run_overrides(
         assets, tmp_path, "scored", num_workers=1, max_steps=16, checkpoint_every=4, heldout_groups=0)
         + [f"eval.datasets=[{dev}]", "eval.num_cpus=0.25", "train.keep_checkpoints=4"])

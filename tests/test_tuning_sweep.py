@@ -19,7 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from revela.cli import app
-from tiny import tiny_encoder, tiny_lm, tokenizer
+from tiny import tiny_encoder, tiny_lm, tokenizer, write_json_dev_set
 
 BIN = Path(sys.executable).parent
 pytestmark = [pytest.mark.timeout(1500), pytest.mark.slow]  # generous: the 2 cores are often shared
@@ -78,34 +78,11 @@ def write_models(root: Path) -> dict[str, Path]:
     return paths
 
 
-def write_dev_set(root: Path) -> Path:
-    """A small BEIR-layout dev set from the corpus's own package: docstring summaries -> function code."""
-    (root / "qrels").mkdir(parents=True)
-    docs = {"dumps": "def dumps(obj):\n    return JSONEncoder().encode(obj)",
-            "loads": "def loads(s):\n    return JSONDecoder().decode(s)",
-            "load": "def load(fp):\n    return loads(fp.read())",
-            "dump": "def dump(obj, fp):\n    for chunk in JSONEncoder().iterencode(obj):\n        fp.write(chunk)",
-            "scan": "def scanstring(s, end, strict=True):\n    chunks = []\n    return ''.join(chunks), end"}
-    queries = {"q1": "Serialize obj to a JSON formatted str", "q2": "Deserialize a str instance to a Python object",
-               "q3": "Deserialize fp, a file-like object containing a JSON document",
-               "q4": "Serialize obj as a JSON formatted stream to fp"}
-    qrels = {"q1": "dumps", "q2": "loads", "q3": "load", "q4": "dump"}
-    with open(root / "corpus.jsonl", "w") as f:
-        for did, text in docs.items():
-            f.write(json.dumps({"_id": did, "title": "", "text": text}) + "\n")
-    with open(root / "queries.jsonl", "w") as f:
-        for qid, text in queries.items():
-            f.write(json.dumps({"_id": qid, "text": text}) + "\n")
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n"
-                                             + "".join(f"{q}\t{d}\t1\n" for q, d in qrels.items()))
-    return root
-
-
 @pytest.fixture(scope="module")
 def sweep_config(tmp_path_factory, head):
     root = tmp_path_factory.mktemp("sweep")
     models = write_models(root / "models")
-    dev = write_dev_set(root / "dev")
+    dev = write_json_dev_set(root / "dev")
     base = {
         "model": {"retriever": {"pooling": "mean", "max_length": 32, "finetune": "full"},
                   "lm": {"name": str(models["lm"]), "finetune": "full", "max_length": 32},

@@ -89,3 +89,31 @@ def tiny_run_overrides(assets, storage, name, num_workers=2, **train):
         *[f"train.{k}={v}" for k, v in {"max_steps": 4, "checkpoint_every": 2, "warmup_steps": 1,
                                           "heldout_groups": 2, "lr": 1e-3, **train}.items()],
     ]
+
+
+def write_json_dev_set(root):
+    """A small BEIR-layout dev set on the tiny runs' corpus (the json package): docstring summaries -> code."""
+    import json
+    from pathlib import Path
+
+    root = Path(root)
+    (root / "qrels").mkdir(parents=True)
+    docs = {"dumps": "def dumps(obj):\n    return JSONEncoder().encode(obj)",
+            "loads": "def loads(s):\n    return JSONDecoder().decode(s)",
+            "load": "def load(fp):\n    return loads(fp.read())",
+            "dump": "def dump(obj, fp):\n    for chunk in JSONEncoder().iterencode(obj):\n        fp.write(chunk)",
+            "escape": "def py_encode_basestring(s):\n    return '\"' + ESCAPE.sub(replace, s) + '\"'",
+            "scan": "def scanstring(s, end, strict=True):\n    chunks = []\n    return ''.join(chunks), end"}
+    queries = {"q1": "Serialize obj to a JSON formatted str", "q2": "Deserialize a str instance to a Python object",
+               "q3": "Deserialize fp, a file-like object containing a JSON document",
+               "q4": "Serialize obj as a JSON formatted stream to fp"}
+    qrels = {"q1": "dumps", "q2": "loads", "q3": "load", "q4": "dump"}
+    with open(root / "corpus.jsonl", "w") as f:
+        for did, text in docs.items():
+            f.write(json.dumps({"_id": did, "title": "", "text": text}) + "\n")
+    with open(root / "queries.jsonl", "w") as f:
+        for qid, text in queries.items():
+            f.write(json.dumps({"_id": qid, "text": text}) + "\n")
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n"
+                                             + "".join(f"{q}\t{d}\t1\n" for q, d in qrels.items()))
+    return root

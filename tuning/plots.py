@@ -26,6 +26,21 @@ def _pyplot():
     return plt
 
 
+def _finish(fig, ax, path: Path, xlabel: str, title: str, ylabel: str = "best dev nDCG@10 (mean over dev sets)",
+            log_base: float = 10, ticks: list | None = None) -> None:
+    """Log-scale x axis (with `ticks` labelled as they are), labels, legend; save the figure as `path`, close it."""
+    ax.set_xscale("log", base=log_base)
+    if ticks is not None:
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+
+
 def _errors(values: pd.Series) -> list[float] | None:
     errs = [float(v) if v == v else 0.0 for v in values]
     return errs if any(errs) else None
@@ -45,16 +60,8 @@ def plot_vs_group_size(cells: pd.DataFrame, path: Path) -> dict:
                    label=f"{line.iloc[0]['retriever']} untrained")
         series[label] = {"x": [int(b) for b in line["group_size"]], "y": [float(v) for v in line["best"]],
                          "backbone": float(line["backbone"].mean())}
-    ax.set_xscale("log", base=2)
-    ticks = sorted(cells["group_size"].unique())
-    ax.set_xticks(ticks, [str(t) for t in ticks])
-    ax.set_xlabel("group size B (chunks per group, log scale)")
-    ax.set_ylabel("best dev nDCG@10 (mean over dev sets)")
-    ax.set_title("Retrieval quality vs group size")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, "group size B (chunks per group, log scale)", "Retrieval quality vs group size",
+            log_base=2, ticks=sorted(cells["group_size"].unique()))
     return series
 
 
@@ -72,14 +79,7 @@ def plot_vs_model_size(cells: pd.DataFrame, path: Path) -> dict:
                         textcoords="offset points", xytext=(4, 4))
         series[label] = {"x": [int(p) for p in line["retriever_params"]], "y": [float(v) for v in line["best"]],
                          "models": list(line["retriever"])}
-    ax.set_xscale("log")
-    ax.set_xlabel("retriever parameters (log scale)")
-    ax.set_ylabel("best dev nDCG@10 (mean over dev sets)")
-    ax.set_title("Retrieval quality vs retriever size")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, "retriever parameters (log scale)", "Retrieval quality vs retriever size")
     return series
 
 
@@ -94,14 +94,7 @@ def plot_vs_compute(results: pd.DataFrame, path: Path) -> dict:
         label = f"B={b}, {r}"
         ax.scatter(group["flops"], group["best"], marker=markers[r], color=colors[b], label=label)
         series[label] = {"x": [float(f) for f in group["flops"]], "y": [float(v) for v in group["best"]]}
-    ax.set_xscale("log")
-    ax.set_xlabel("estimated training FLOPs (log scale)")
-    ax.set_ylabel("best dev nDCG@10 (mean over dev sets)")
-    ax.set_title("Retrieval quality vs training compute")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, "estimated training FLOPs (log scale)", "Retrieval quality vs training compute")
     return series
 
 

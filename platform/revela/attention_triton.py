@@ -40,6 +40,27 @@ VNORM_OFF, VNORM_ON, VNORM_PER_GROUP = 0, 1, 2
 
 
 @triton.jit
+def _query_program(H, L, B, GQA: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_D: tl.constexpr):
+    """What a program over (block of query rows, chunk x head) works on: chunk n, head h, its key/value head hk
+    (of hkv), its group and position i in the group, and the row/dim indices with their bounds."""
+    pid_m = tl.program_id(0)
+    pid_nh = tl.program_id(1)
+    n = pid_nh // H
+    h = pid_nh % H
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    return n, h, h // GQA, H // GQA, n // B, n % B, rows, dims, rows < L, dims < HEAD_DIM
+
+
+@triton.jit
+def _tile(P, n, h, rows, dims, sn, sh, sl, sd, row_ok, dim_ok):
+    """The [rows, dims] tile of head h of chunk n in a [N, heads, L, d] tensor; zeros out of bounds."""
+    return tl.load(P + n * sn + h * sh + rows[:, None] * sl + dims[None, :] * sd,
+                   mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+
+
+@triton.jit
 def _score_tile(q, K, KM, k_base, m_base, t0, T, skt, skd, qk_scale, dims, dim_ok,
                 BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Base-2 logits of a block of query rows against keys t0..t0+BLOCK_N of one chunk (-inf where no real key),
@@ -84,20 +105,8 @@ def _forward_kernel(
     BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, VNORM: tl.constexpr, EPS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_nh = tl.program_id(1)
-    n = pid_nh // H
-    h = pid_nh % H
-    hk = h // GQA
-    hkv = H // GQA
-    grp = n // B
-    i = n % B
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    dims = tl.arange(0, BLOCK_D)
-    row_ok = rows < L
-    dim_ok = dims < HEAD_DIM
-    q = tl.load(Q + n * sqn + h * sqh + rows[:, None] * sql + dims[None, :] * sqd,
-                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+    n, h, hk, hkv, grp, i, rows, dims, row_ok, dim_ok = _query_program(H, L, B, GQA, HEAD_DIM, BLOCK_M, BLOCK_D)
+    q = _tile(Q, n, h, rows, dims, sqn, sqh, sql, sqd, row_ok, dim_ok)
     on = False
     if VNORM == 2:
         on = tl.load(VF + grp) != 0
@@ -117,8 +126,7 @@ def _forward_kernel(
             alpha = tl.exp2(m - m_use)
             p = tl.exp2(s - m_use[:, None])
             l = l * alpha + tl.sum(p, 1)
-            v = tl.load(V + nj * svn + hk * svh + ts[:, None] * svt + dims[None, :] * svd,
-                        mask=(ts < T)[:, None] & dim_ok[None, :], other=0.0)
+            v = _tile(V, nj, hk, ts, dims, svn, svh, svt, svd, ts < T, dim_ok)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
             if VNORM != 0:
                 vn = tl.load(VN + (nj * hkv + hk) * T + ts, mask=ts < T, other=0.0)
@@ -147,21 +155,9 @@ def _backward_query_kernel(
     BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, VNORM: tl.constexpr, EPS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_nh = tl.program_id(1)
-    n = pid_nh // H
-    h = pid_nh % H
-    hk = h // GQA
-    hkv = H // GQA
-    grp = n // B
-    i = n % B
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    dims = tl.arange(0, BLOCK_D)
-    row_ok = rows < L
-    dim_ok = dims < HEAD_DIM
-    tile = row_ok[:, None] & dim_ok[None, :]
-    q = tl.load(Q + n * sqn + h * sqh + rows[:, None] * sql + dims[None, :] * sqd, mask=tile, other=0.0)
-    do = tl.load(DO + n * sdn + h * sdh + rows[:, None] * sdl + dims[None, :] * sdd, mask=tile, other=0.0)
+    n, h, hk, hkv, grp, i, rows, dims, row_ok, dim_ok = _query_program(H, L, B, GQA, HEAD_DIM, BLOCK_M, BLOCK_D)
+    q = _tile(Q, n, h, rows, dims, sqn, sqh, sql, sqd, row_ok, dim_ok)
+    do = _tile(DO, n, h, rows, dims, sdn, sdh, sdl, sdd, row_ok, dim_ok)
     on = False
     if VNORM == 2:
         on = tl.load(VF + grp) != 0
@@ -203,7 +199,7 @@ def _backward_query_kernel(
                 ds += p * (dn[:, None] * vn[None, :])
             dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=DOT_PRECISION)
     tl.store(DQ + n * sgn + h * sgh + rows[:, None] * sgl + dims[None, :] * sgd,
-             (dq * sm_scale).to(DQ.dtype.element_ty), mask=tile)
+             (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
 
 
 @triton.jit
@@ -226,9 +222,8 @@ def _backward_key_kernel(
     dims = tl.arange(0, BLOCK_D)
     t_ok = ts < T
     dim_ok = dims < HEAD_DIM
-    key_tile = t_ok[:, None] & dim_ok[None, :]
-    k = tl.load(K + nj * skn + hk * skh + ts[:, None] * skt + dims[None, :] * skd, mask=key_tile, other=0.0)
-    v = tl.load(V + nj * svn + hk * svh + ts[:, None] * svt + dims[None, :] * svd, mask=key_tile, other=0.0)
+    k = _tile(K, nj, hk, ts, dims, skn, skh, skt, skd, t_ok, dim_ok)
+    v = _tile(V, nj, hk, ts, dims, svn, svh, svt, svd, t_ok, dim_ok)
     key_ok = t_ok
     if HAS_MASK:
         key_ok = key_ok & (tl.load(KM + nj * T + ts, mask=t_ok, other=0) != 0)
@@ -243,9 +238,8 @@ def _backward_key_kernel(
         for m0 in range(0, L, BLOCK_M):
             rows = m0 + tl.arange(0, BLOCK_M)
             row_ok = rows < L
-            tile = row_ok[:, None] & dim_ok[None, :]
-            q = tl.load(Q + ni * sqn + h * sqh + rows[:, None] * sql + dims[None, :] * sqd, mask=tile, other=0.0)
-            do = tl.load(DO + ni * sdn + h * sdh + rows[:, None] * sdl + dims[None, :] * sdd, mask=tile, other=0.0)
+            q = _tile(Q, ni, h, rows, dims, sqn, sqh, sql, sqd, row_ok, dim_ok)
+            do = _tile(DO, ni, h, rows, dims, sdn, sdh, sdl, sdd, row_ok, dim_ok)
             stat = ((ni * H + h) * B + j) * L + rows
             lse = tl.load(Lse + stat, mask=row_ok, other=float("inf"))
             c = tl.load(Cf + stat, mask=row_ok, other=0.0)
@@ -261,6 +255,7 @@ def _backward_key_kernel(
                 dvn += tl.sum(pt * dn[None, :], 1)
             dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT_PRECISION)
     out = (nj * H + h) * T + ts
+    key_tile = t_ok[:, None] & dim_ok[None, :]
     tl.store(DK + out[:, None] * BLOCK_D + dims[None, :], dk * sm_scale, mask=key_tile)
     tl.store(DV + out[:, None] * BLOCK_D + dims[None, :], dv, mask=key_tile)
     if VNORM != 0:

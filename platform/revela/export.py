@@ -8,11 +8,10 @@ tokenizer that appends EOS itself when the protocol pools the EOS token.
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from pathlib import Path
 
 from revela.protocol import EncodingProtocol
+from revela.staging import staged_directory
 
 ST_POOLING_FLAG = {"eos": "pooling_mode_lasttoken", "cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens"}
 
@@ -95,10 +94,7 @@ def export_retriever(source: str, out: str | Path, max_length: int | None = None
     protocol = retriever.protocol
     if max_length:
         protocol = protocol.model_copy(update={"max_length": max_length})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with staged_directory(out) as staging:
         retriever.backbone.save_pretrained(staging)
         if protocol.append_eos:
             append_eos_in_tokenizer(retriever.tokenizer)
@@ -106,14 +102,4 @@ def export_retriever(source: str, out: str | Path, max_length: int | None = None
         protocol.save(staging)
         write_sentence_transformers_files(staging, protocol, retriever.backbone.config.hidden_size)
         same_permissions(staging, staging / "config.json")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-            staging.rename(out)
-            shutil.rmtree(old)
-        else:
-            staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out

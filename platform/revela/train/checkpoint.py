@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +27,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from revela.config import RunConfig
 from revela.model import RevelaModel
 from revela.retriever import CHECKPOINT_MARKER
+from revela.staging import staged_directory
 from revela.train.loop import Trainer
 
 
@@ -106,10 +105,7 @@ def save_checkpoint(directory: str | Path, model: RevelaModel, trainer: Trainer,
     """
     state = state or gather_training_state(trainer.engine, trainer)
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = directory.parent / f".{directory.name}.staging-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with staged_directory(directory) as staging:
         _save_part(model.retriever.backbone, model.retriever.tokenizer, staging / "retriever",
                    config.model.retriever.name, _subtree(state["model"], "retriever.backbone."))
         model.retriever.protocol.save(staging / "retriever")
@@ -124,16 +120,6 @@ def save_checkpoint(directory: str | Path, model: RevelaModel, trainer: Trainer,
                 "retriever": config.model.retriever.name, "lm": config.model.lm.name,
                 "created": time.time(), "versions": versions()}
         (staging / CHECKPOINT_MARKER).write_text(json.dumps(meta, indent=2, default=float))
-        if directory.exists():
-            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-            directory.rename(old)
-            staging.rename(directory)
-            shutil.rmtree(old)
-        else:
-            staging.rename(directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
 
 
