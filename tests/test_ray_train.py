@@ -84,21 +84,20 @@ def test_two_worker_run_writes_checkpoints_metrics_and_report(ray_cluster, asset
 
 
 def test_finished_or_changed_run_is_refused_unless_asked(ray_cluster, assets, tmp_path):
-    cfg = config(assets, tmp_path, "guarded", num_workers=1, max_steps=2, heldout_groups=0)
+    cfg = config(assets, tmp_path, "guarded", num_workers=1, max_steps=2, heldout_groups=0, checkpoint_every=1)
     run(cfg)
     with pytest.raises(RunConflictError, match="already finished"):
         run(cfg)
-    changed = config(assets, tmp_path, "guarded", num_workers=1, max_steps=2, heldout_groups=0, lr=5e-4)
+    changed = config(assets, tmp_path, "guarded", num_workers=1, max_steps=2, heldout_groups=0, checkpoint_every=1,
+                     lr=5e-4)
     with pytest.raises(RunConflictError, match="different config"):
         run(changed)
-    more = config(assets, tmp_path, "guarded", num_workers=1, max_steps=3, heldout_groups=0)
-    run(more, mode="resume")  # continues from the step-2 checkpoint instead of starting over
-    assert steps(tmp_path / "guarded") == [1, 2, 3]
-    # the newest checkpoint lost (deleted, a failed disk): resume repairs Ray's snapshot and goes on from step 2
-    newest = checkpoints(tmp_path / "guarded")[-1]
-    shutil.rmtree(newest)
+    # asked to resume with more steps, after the newest checkpoint was lost (deleted, a failed disk): resume repairs
+    # Ray's snapshot and continues from the step-1 checkpoint instead of failing or starting over
+    shutil.rmtree(checkpoints(tmp_path / "guarded")[-1])
+    more = config(assets, tmp_path, "guarded", num_workers=1, max_steps=3, heldout_groups=0, checkpoint_every=1)
     run(more, mode="resume")
-    assert steps(tmp_path / "guarded") == [1, 2, 3, 3]
+    assert steps(tmp_path / "guarded") == [1, 2, 2, 3]
     assert [json.loads((c / "revela_checkpoint.json").read_text())["step"] for c in checkpoints(tmp_path / "guarded")] \
         == [2, 3]
 

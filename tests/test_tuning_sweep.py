@@ -22,7 +22,7 @@ from revela.cli import app
 from tiny import tiny_encoder, tiny_lm, tokenizer, write_json_dev_set
 
 BIN = Path(sys.executable).parent
-pytestmark = [pytest.mark.timeout(1500), pytest.mark.slow]  # generous: the 2 cores are often shared
+pytestmark = [pytest.mark.timeout(1500), pytest.mark.slow, pytest.mark.sweep]  # generous: the 2 cores are often shared
 
 
 def free_port() -> int:
