@@ -80,3 +80,10 @@ def test_every_shipped_sweep_config_expands(path, tmp_path):
     trials = apply_budget(expand(sweep, base_run_dict(sweep, base_dir), tmp_path), sweep, {})
     assert len(trials) == len(sweep.axes.group_size) * max(1, len(sweep.axes.retriever)) * max(1, len(sweep.axes.lm))
     assert {p.stem for p in SWEEPS} >= {"tiny-cpu", "paper-batch-size"}
+
+
+def test_gpu_configs_train_the_lora_retriever_at_the_lm_rate():
+    """The CPU defaults' retriever_lr (2e-5, for a fully fine-tuned MiniLM) must not leak into LoRA GPU recipes."""
+    for name in ("gpu-offline.yaml", "paper.yaml"):
+        cfg = load_config(RunConfig, Path(__file__).resolve().parents[1] / "jobs" / "configs" / name)
+        assert cfg.model.retriever.finetune == "lora" and cfg.train.retriever_lr is None, name
