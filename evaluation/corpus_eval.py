@@ -3,9 +3,10 @@
 It reads the inputs `revela prepare` reads, through the same reader (revela.data.ingest: JSONL, Parquet, text
 and code trees, saved HF datasets) and the same kind detection, and pairs text that already belongs together:
 
-- Code (Python): CodeSearchNet's protocol, shared with the stdlib-code suite set (revela.evaluation.codesearchnet).
-  Every function, method and class is a passage, without its docstring (a class as its outline); the first
-  paragraph of a docstring is the query of its definition. Other languages are counted as `code_not_python`.
+- Code (Python): CodeSearchNet's protocol, shared with the stdlib-code suite set
+  (revela.evaluation.codesearchnet). Every function, method and class is a passage, without its docstring (a
+  class as its outline); the first paragraph of a docstring is the query of its definition. Other languages are
+  counted as `code_not_python`.
 - Prose: every section is a passage, without its heading; a heading (Markdown, reStructuredText, man page) or an
   FAQ-style question line is the query of the section below it (revela.evaluation.prose_sections).
 
@@ -14,16 +15,16 @@ Rules, applied in this order and counted by reason in the manifest and the print
    MIN_PASSAGE_WORDS words (`short_passage`); their queries are dropped for the same reason. Identical passages
    are kept once (`duplicate_passage`); a query of a later copy is judged on the first.
 2. Queries: boilerplate such as "Returns None", "TODO", "Initialize self", ":param x:", "See also", "Changelog",
-   "Version 2.1", "Fixes since v2.8.3" (`boilerplate`), fewer than MIN_QUERY_WORDS words with a letter (`too_short`), more than
-   MAX_QUERY_WORDS words (`too_long`), or text that remains verbatim in its passage, compared as lower-cased
-   word sequences (`verbatim_in_passage`), are dropped.
+   "Version 2.1", "Fixes since v2.8.3" (`boilerplate`), fewer than MIN_QUERY_WORDS words with a letter
+   (`too_short`), more than MAX_QUERY_WORDS words (`too_long`), or text that remains verbatim in its passage,
+   compared as lower-cased word sequences (`verbatim_in_passage`), are dropped.
 3. Duplicate queries (the same words, case-insensitively): the first in corpus order (sources as given, files
    in sorted order, definitions/sections in source order) is kept with its one relevant passage; the others are
    dropped (`duplicate_query`) and their passages stay in the corpus as unjudged distractors.
 4. Hold-out (`holdout` > 0): that fraction of the documents with a query (seeded) is held out; only their
    queries are kept, and `revela prepare --exclude-eval DIR` leaves these documents out of training. A query
-   whose text also came from a document left in training is dropped (`in_training_documents`, with the queries
-   of every other document).
+   whose words are also a docstring or heading in a document left in training is dropped too
+   (`in_training_documents`, with the queries of every document left in training).
 5. At most `max_queries` queries are kept (a seeded sample, in corpus order; `beyond_max_queries`).
 
 Every kept passage is in the corpus, including those of documents left in training and those without a query.
@@ -95,6 +96,8 @@ class _Passage:
     text: str
     query: str | None
     kind: str
+    skip: str | None = None
+    """Why the passage is left out (too small), if it is."""
 
 
 @dataclass
@@ -137,8 +140,7 @@ def _is_python(doc: Document) -> bool:
     return suffix in PYTHON_EXTENSIONS or suffix not in CODE_EXTENSIONS
 
 
-def _code_passages(doc: Document, index: int, doc_skips: SkipCounter, passage_skips: SkipCounter,
-                   dropped: SkipCounter):
+def _code_passages(doc: Document, index: int, doc_skips: SkipCounter):
     if not _is_python(doc):
         doc_skips.add("code_not_python", doc.where or doc.id)
         return
@@ -148,26 +150,17 @@ def _code_passages(doc: Document, index: int, doc_skips: SkipCounter, passage_sk
         doc_skips.add("python_syntax_error", f"{doc.where or doc.id}:{getattr(e, 'lineno', '?')}")
         return
     for d in sorted(definitions, key=lambda d: d.line):
-        pid = f"{doc.id}:{d.line}"
-        query = first_paragraph(d.docstring) if d.docstring else None
-        if sum(1 for line in d.code.splitlines() if line.strip()) < MIN_CODE_LINES:
-            passage_skips.add("too_small", pid)
-            if query:
-                dropped.add("too_small", pid)
-            continue
-        yield _Passage(pid, index, d.code, query or None, "code")
+        small = sum(1 for line in d.code.splitlines() if line.strip()) < MIN_CODE_LINES
+        yield _Passage(f"{doc.id}:{d.line}", index, d.code, first_paragraph(d.docstring) if d.docstring else None,
+                       "code", "too_small" if small else None)
 
 
-def _prose_passages(doc: Document, index: int, passage_skips: SkipCounter, dropped: SkipCounter):
+def _prose_passages(doc: Document, index: int):
     for s in sections(doc.text):
-        pid = f"{doc.id}:{s.line}"
         body = s.body.strip()
-        if len(body.split()) < MIN_PASSAGE_WORDS:
-            passage_skips.add("short_passage", pid)
-            if s.heading:
-                dropped.add("short_passage", pid)
-            continue
-        yield _Passage(pid, index, body, s.heading or None, "prose")
+        small = len(body.split()) < MIN_PASSAGE_WORDS
+        yield _Passage(f"{doc.id}:{s.line}", index, body, s.heading or None, "prose",
+                       "short_passage" if small else None)
 
 
 def _read(sources: list[str | Path], kind: KindChoice, on_bad_record: OnBad, exclude: list[Path],
@@ -175,7 +168,7 @@ def _read(sources: list[str | Path], kind: KindChoice, on_bad_record: OnBad, exc
     from tqdm import tqdm
 
     srcs = resolve_sources(sources, exclude=exclude)
-    doc_skips, passage_skips, dropped = SkipCounter(), SkipCounter(), SkipCounter()
+    doc_skips = SkipCounter()
     documents: list[Document] = []
     passages: list[_Passage] = []
     with tqdm(desc="read+extract", unit="doc", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
@@ -184,11 +177,11 @@ def _read(sources: list[str | Path], kind: KindChoice, on_bad_record: OnBad, exc
                 index = len(documents)
                 documents.append(doc)
                 if doc.kind == "code":
-                    passages.extend(_code_passages(doc, index, doc_skips, passage_skips, dropped))
+                    passages.extend(_code_passages(doc, index, doc_skips))
                 else:
-                    passages.extend(_prose_passages(doc, index, passage_skips, dropped))
+                    passages.extend(_prose_passages(doc, index))
                 bar.update(1)
-    return srcs, documents, passages, doc_skips, passage_skips, dropped
+    return srcs, documents, passages, doc_skips
 
 
 def corpus_pairs(sources: list[str | Path], *, kind: KindChoice = "auto", max_queries: int | None = 1000,
@@ -200,32 +193,38 @@ def corpus_pairs(sources: list[str | Path], *, kind: KindChoice = "auto", max_qu
                          f"got {holdout}")
     if max_queries is not None and max_queries < 1:
         raise ValueError(f"--max-queries must be at least 1, got {max_queries}")
-    srcs, documents, passages, doc_skips, passage_skips, dropped = _read(
-        sources, kind, on_bad_record, list(exclude), progress)
+    srcs, documents, passages, doc_skips = _read(sources, kind, on_bad_record, list(exclude), progress)
+    passage_skips, dropped = SkipCounter(), SkipCounter()
 
-    # 1. identical passages once; a later copy's query is judged on the first
+    # 1. passages too small, then identical passages once; a later copy's query is judged on the first
     corpus: dict[str, _Passage] = {}
     first_with_text: dict[str, str] = {}
-    candidates: list[tuple[str, str, int]] = []  # (query, passage id it is judged on, document it came from)
+    candidates: list[tuple[str, str]] = []  # (query, id of the passage it is judged on)
+    written_in: dict[str, set[int]] = {}  # query words -> documents whose text holds them (for the hold-out)
     for p in passages:
+        if p.query is not None:
+            written_in.setdefault(" ".join(words(p.query)), set()).add(p.doc_index)
+        if p.skip:
+            passage_skips.add(p.skip, p.id)
+            if p.query is not None:
+                dropped.add(p.skip, p.id)
+            continue
         kept = first_with_text.setdefault(p.text, p.id)
         if kept == p.id:
             corpus[p.id] = p
         else:
             passage_skips.add("duplicate_passage", p.id)
         if p.query is not None:
-            candidates.append((p.query, kept, p.doc_index))
+            candidates.append((p.query, kept))
     # 2. query filters, 3. duplicates
     seen: dict[str, int] = {}
-    sources_of: dict[str, set[int]] = {}
     pairs: list[tuple[str, str, int]] = []
-    for query, pid, doc_index in candidates:
+    for query, pid in candidates:
         reason = query_problem(query) or ("verbatim_in_passage" if verbatim_in(query, corpus[pid].text) else None)
         if reason:
             dropped.add(reason, pid)
             continue
         key = " ".join(words(query))
-        sources_of.setdefault(key, set()).add(doc_index)
         if key in seen:
             dropped.add("duplicate_query", pid)
             continue
@@ -240,7 +239,7 @@ def corpus_pairs(sources: list[str | Path], *, kind: KindChoice = "auto", max_qu
         held_set = set(held)
         kept_pairs = []
         for query, pid, doc in pairs:
-            if doc in held_set and sources_of[" ".join(words(query))] <= held_set:
+            if doc in held_set and written_in[" ".join(words(query))] <= held_set:
                 kept_pairs.append((query, pid, doc))
             else:
                 dropped.add("in_training_documents", pid)

@@ -7,7 +7,8 @@ occur naturally in the source (offline-assets.md §3b and appendix A):
   the first sentence of a function's docstring (at least 4 words, at most 300 characters, unique among all
   candidates, case-insensitively); document = that function's source without its docstring (at least 3 lines,
   at most 4000 characters; identical bodies kept once). Every kept function is a document; 1000 of them (seed 0)
-  get a query. Tests, `idlelib`, `lib2to3`, `site-packages` and dunder methods are left out.
+  get a query. Tests, `idlelib`, `lib2to3`, `site-packages` and dunder methods are left out. The pairing itself
+  is `revela.evaluation.codesearchnet`, shared with sets built from a user's own code (`corpus_eval`).
 - `pyfaq`: the Python FAQ from the Debian package `python3.11-doc` (`/usr/share/doc/python3.11/html`). Query =
   an FAQ question heading; document = its answer (at least 15 words). Distractors: every section of at least 30
   words in library/, howto/, tutorial/, reference/ and using/ (text cut at 6000 characters).
