@@ -301,6 +301,16 @@ def test_holdout_documents_are_absent_from_prepared_shards(code_tree, tmp_path):
     assert not doc_ids & {d.replace("pkg/", "renamed/", 1) for d in held}
 
 
+def test_a_held_out_query_written_again_in_a_training_document_is_dropped(code_tree):
+    """other.py and store.py share a docstring: its query stays only when both files are held out."""
+    query = "Split a header line into its name and value."
+    for seed, kept in ((3, False), (1, True)):
+        built = corpus_pairs([code_tree], holdout=0.5, seed=seed)
+        held = {d["id"] for d in built.holdout["documents"]}
+        assert "pkg/other.py" in held and ("pkg/store.py" in held) == kept
+        assert (query in built.queries.values()) == kept
+
+
 def test_exclude_eval_refuses_sets_that_hold_nothing_out(code_tree, tmp_path):
     from revela.train.data import prepared_shards
 
