@@ -37,7 +37,7 @@ import random
 import re
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from revela.data.holdout import HOLDOUT_KEY, holdout_record
@@ -109,7 +109,6 @@ class CorpusEval:
     counts: dict
     skips: dict
     holdout: dict
-    sources: list[dict] = field(default_factory=list)
 
 
 def words(text: str) -> list[str]:
@@ -181,7 +180,7 @@ def _read(sources: list[str | Path], kind: KindChoice, on_bad_record: OnBad, exc
                 else:
                     passages.extend(_prose_passages(doc, index))
                 bar.update(1)
-    return srcs, documents, passages, doc_skips
+    return documents, passages, doc_skips
 
 
 def corpus_pairs(sources: list[str | Path], *, kind: KindChoice = "auto", max_queries: int | None = 1000,
@@ -193,7 +192,7 @@ def corpus_pairs(sources: list[str | Path], *, kind: KindChoice = "auto", max_qu
                          f"got {holdout}")
     if max_queries is not None and max_queries < 1:
         raise ValueError(f"--max-queries must be at least 1, got {max_queries}")
-    srcs, documents, passages, doc_skips = _read(sources, kind, on_bad_record, list(exclude), progress)
+    documents, passages, doc_skips = _read(sources, kind, on_bad_record, list(exclude), progress)
     passage_skips, dropped = SkipCounter(), SkipCounter()
 
     # 1. passages too small, then identical passages once; a later copy's query is judged on the first
@@ -217,8 +216,8 @@ def corpus_pairs(sources: list[str | Path], *, kind: KindChoice = "auto", max_qu
         if p.query is not None:
             candidates.append((p.query, kept))
     # 2. query filters, 3. duplicates
-    seen: dict[str, int] = {}
-    pairs: list[tuple[str, str, int]] = []
+    seen: set[str] = set()
+    pairs: list[tuple[str, str, int]] = []  # (query, passage id, the passage's document)
     for query, pid in candidates:
         reason = query_problem(query) or ("verbatim_in_passage" if verbatim_in(query, corpus[pid].text) else None)
         if reason:
@@ -228,7 +227,7 @@ def corpus_pairs(sources: list[str | Path], *, kind: KindChoice = "auto", max_qu
         if key in seen:
             dropped.add("duplicate_query", pid)
             continue
-        seen[key] = len(pairs)
+        seen.add(key)
         pairs.append((query, pid, corpus[pid].doc_index))
     # 4. hold-out
     with_queries = sorted({doc for _, _, doc in pairs})
@@ -268,8 +267,7 @@ def corpus_pairs(sources: list[str | Path], *, kind: KindChoice = "auto", max_qu
         corpus={pid: ("", p.text) for pid, p in corpus.items()}, queries=queries, qrels=qrels, domain=domain,
         counts=counts,
         skips={"documents": doc_skips.as_dict(), "passages": passage_skips.as_dict(), "queries": dropped.as_dict()},
-        holdout=holdout_record(holdout, seed, [documents[i] for i in held]),
-        sources=[fingerprint_source(s) for s in srcs])
+        holdout=holdout_record(holdout, seed, [documents[i] for i in held]))
 
 
 def build_corpus_eval(sources: list[str | Path], out: str | Path, *, kind: KindChoice = "auto",
