@@ -72,20 +72,38 @@ def evaluate_cmd(
 
 
 def build_evals_cmd(
-    out: Annotated[Optional[Path], typer.Option(help="output folder (default $REVELA_CACHE/evals or "
-                                                "<repo>/.cache/evals)")] = None,
-    which: Annotated[str, typer.Option(help="comma-separated: stdlib-code,pyfaq")] = "stdlib-code,pyfaq",
+    out: Annotated[Optional[Path], typer.Option(help="output folder: the suite's parent folder (default "
+                                                "$REVELA_CACHE/evals or <repo>/.cache/evals), or with "
+                                                "--from-corpus the dataset folder itself")] = None,
+    which: Annotated[Optional[str], typer.Option(help="comma-separated suite sets: stdlib-code,pyfaq "
+                                                 "(default: both)")] = None,
     html_root: Annotated[Path, typer.Option(help="python3.11-doc HTML root (for pyfaq)")] = Path(
         "/usr/share/doc/python3.11/html"),
+    from_corpus: Annotated[Optional[list[Path]], typer.Option(
+        "--from-corpus", help="build a set from your own corpus instead (repeatable): the paths `revela prepare "
+        "--source` reads")] = None,
+    kind: Annotated[str, typer.Option(help="--from-corpus: prose | code | auto (as revela prepare)")] = "auto",
+    max_queries: Annotated[int, typer.Option(callback=at_least(1), help="--from-corpus: at most this many "
+                                             "queries (a seeded sample)")] = 1000,
+    seed: Annotated[int, typer.Option(help="--from-corpus: seed of the hold-out and the query sample")] = 0,
+    holdout: Annotated[float, typer.Option(help="--from-corpus: fraction of the documents with queries held "
+                                           "out of training (revela prepare --exclude-eval DIR); their queries "
+                                           "alone are kept. 0: no hold-out")] = 0.0,
+    on_bad_record: Annotated[str, typer.Option(help="--from-corpus: error | skip (as revela prepare)")] = "error",
     force: Annotated[bool, typer.Option(help="rebuild even if an identical build exists")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
 ) -> None:
-    """Build the offline evaluation suite (BEIR layout) deterministically, with content hashes."""
+    """Build the offline evaluation suite, or with --from-corpus a set from your own corpus (BEIR layout)."""
     import json
 
     from revela.evaluation.beir import MANIFEST, DatasetError
     from revela.evaluation.suite import build_suite
 
-    names = [w.strip() for w in which.split(",") if w.strip()]
+    if from_corpus:
+        _build_from_corpus(from_corpus, out, which, kind, max_queries, seed, holdout, on_bad_record, force,
+                           not no_progress)
+        return
+    names = [w.strip() for w in (which or "stdlib-code,pyfaq").split(",") if w.strip()]
     try:
         built = build_suite(out, names, html_root=html_root, force=force)
     except (DatasetError, ValueError) as e:
@@ -94,6 +112,32 @@ def build_evals_cmd(
         manifest = json.loads((path / MANIFEST).read_text())
         typer.echo(f"{name}: {path}  queries={manifest['counts']['queries']} docs={manifest['counts']['docs']} "
                    f"{manifest['content_hash']}")
+
+
+def _build_from_corpus(sources: list[Path], out: Optional[Path], which: Optional[str], kind: str, max_queries: int,
+                       seed: int, holdout: float, on_bad_record: str, force: bool, progress: bool) -> None:
+    import json
+
+    from revela.data.ingest import IngestError
+    from revela.evaluation.beir import MANIFEST, DatasetError
+    from revela.evaluation.corpus_eval import build_corpus_eval, print_summary
+
+    if which is not None:
+        _fail("--which names suite sets; it does not go with --from-corpus")
+    if out is None:
+        _fail("--from-corpus needs --out DIR (the dataset folder to write)")
+    if kind not in ("auto", "code", "prose"):
+        _fail(f"--kind must be auto, code or prose, got {kind!r}")
+    if on_bad_record not in ("error", "skip"):
+        _fail(f"--on-bad-record must be error or skip, got {on_bad_record!r}")
+    if not 0.0 <= holdout < 1.0:
+        _fail(f"--holdout must be in [0, 1) (the fraction of documents kept out of training), got {holdout}")
+    try:
+        path = build_corpus_eval(sources, out, kind=kind, max_queries=max_queries, seed=seed, holdout=holdout,
+                                 on_bad_record=on_bad_record, force=force, progress=progress)
+    except (IngestError, DatasetError, ValueError) as e:
+        _fail(str(e))
+    print_summary(json.loads((path / MANIFEST).read_text()), path)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,8 @@ occur naturally in the source (offline-assets.md §3b and appendix A):
   the first sentence of a function's docstring (at least 4 words, at most 300 characters, unique among all
   candidates, case-insensitively); document = that function's source without its docstring (at least 3 lines,
   at most 4000 characters; identical bodies kept once). Every kept function is a document; 1000 of them (seed 0)
-  get a query. Tests, `idlelib`, `lib2to3`, `site-packages` and dunder methods are left out.
+  get a query. Tests, `idlelib`, `lib2to3`, `site-packages` and dunder methods are left out. The pairing itself
+  is `revela.evaluation.codesearchnet`, shared with sets built from a user's own code (`corpus_eval`).
 - `pyfaq`: the Python FAQ from the Debian package `python3.11-doc` (`/usr/share/doc/python3.11/html`). Query =
   an FAQ question heading; document = its answer (at least 15 words). Distractors: every section of at least 30
   words in library/, howto/, tutorial/, reference/ and using/ (text cut at 6000 characters).
@@ -28,14 +29,12 @@ Usage::
 
 from __future__ import annotations
 
-import ast
 import glob
 import hashlib
 import json
 import logging
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from revela.evaluation.beir import MANIFEST, DatasetError, content_hash, write_beir
+from revela.evaluation.codesearchnet import first_sentence, python_definitions
 
 log = logging.getLogger(__name__)
 
@@ -92,35 +92,20 @@ def _stdlib_files(root: Path):
                 yield Path(directory, fn)
 
 
-def _summary(docstring: str) -> str:
-    """The first sentence of the first paragraph, whitespace collapsed."""
-    paragraph = re.split(r"\n\s*\n", docstring.strip())[0]
-    return re.split(r"(?<=\.)\s", " ".join(paragraph.split()))[0]
-
-
 def _functions(path: Path, rel: str):
     try:
-        source = path.read_text(encoding="utf-8")
-        tree = ast.parse(source)
+        definitions = list(python_definitions(path.read_text(encoding="utf-8")))
     except (SyntaxError, UnicodeDecodeError, ValueError):
         return
-    lines = source.splitlines()
-    for node in ast.walk(tree):
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.name.startswith("__"):
+    for d in definitions:
+        if d.name.startswith("__") or not d.docstring:
             continue
-        docstring = ast.get_docstring(node)
-        if not docstring or not isinstance(node.body[0], ast.Expr):
-            continue
-        summary = _summary(docstring)
+        summary = first_sentence(d.docstring)
         if len(summary.split()) < 4 or len(summary) > 300:
             continue
-        doc_node = node.body[0]
-        start = node.lineno - 1 - len(node.decorator_list)  # the def line, minus one line per decorator
-        body = lines[start: doc_node.lineno - 1] + lines[doc_node.end_lineno: node.end_lineno]
-        code = "\n".join(body)
-        if len(body) < 3 or len(code) > 4000:
+        if d.lines < 3 or len(d.code) > 4000:
             continue
-        yield _Function(f"{rel}:{node.lineno}", code, summary)
+        yield _Function(f"{rel}:{d.line}", d.code, summary)
 
 
 def stdlib_code_pairs(stdlib_root: str | Path | None = None, seed: int = 0, num_queries: int = 1000):
@@ -161,7 +146,7 @@ def build_stdlib_code(out: str | Path, *, seed: int = 0, num_queries: int = 1000
         write_beir(staging, corpus, queries, qrels)
         return {"docs": len(corpus), "queries": len(queries), "qrels": len(qrels)}
 
-    return _build(Path(out) / "stdlib-code", "code", source, params, make, force)
+    return build_dataset_dir(Path(out) / "stdlib-code", "code", source, params, make, force)
 
 
 # ---------------------------------------------------------------------------------------------------- pyfaq
@@ -237,7 +222,7 @@ def build_pyfaq(out: str | Path, *, html_root: str | Path = DEFAULT_HTML_ROOT, f
 
     if not (root / "faq").is_dir():
         pyfaq_pairs(root)  # raises the explanatory error
-    return _build(Path(out) / "pyfaq", "text", source, params={}, make=make, force=force)
+    return build_dataset_dir(Path(out) / "pyfaq", "text", source, params={}, make=make, force=force)
 
 
 # ------------------------------------------------------------------------------------------------- building
@@ -248,7 +233,12 @@ def _file_hashes(directory: Path) -> dict[str, str]:
             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 
-def _build(target: Path, domain: str, source: dict, params: dict, make, force: bool) -> Path:
+def build_dataset_dir(target: Path, domain: str | None, source: dict, params: dict, make, force: bool) -> Path:
+    """Build a dataset directory with `make(staging)` unless an identical build is there; write its manifest.
+
+    `make` writes the BEIR files into `staging` and returns its counts, or (counts, more manifest fields) when
+    the builder records more (such as its `domain`, known only once the input is read).
+    """
     identity = {"name": target.name, "builder_version": BUILDER_VERSION, "source": source, "params": params}
     manifest_path = target / MANIFEST
     if manifest_path.is_file() and not force:
@@ -259,9 +249,9 @@ def _build(target: Path, domain: str, source: dict, params: dict, make, force: b
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        counts = make(staging)
-        manifest = identity | {"domain": domain, "split": "test", "counts": counts, "files": _file_hashes(staging),
-                               "content_hash": content_hash(staging, "test")}
+        counts, extra = made if isinstance(made := make(staging), tuple) else (made, {})
+        manifest = identity | {"domain": domain, "split": "test", "counts": counts} | extra | {
+            "files": _file_hashes(staging), "content_hash": content_hash(staging, "test")}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from revela.configbase import StrictModel
 
@@ -41,7 +41,16 @@ class DataConfig(StrictModel):
     """bm25: allow a chunk to appear in several groups of one epoch (each chunk still seeds at most once)."""
     on_bad_record: Literal["error", "skip"] = "error"
     """Malformed JSONL, missing text, non-UTF-8 records: stop with file:line, or skip and count."""
+    exclude_eval: list[str] = []
+    """Evaluation sets built with `revela build-evals --from-corpus ... --holdout F` (one folder, or a list):
+    the documents they hold out are skipped (counted as eval_holdout), so their scores are not measured on text
+    the retriever trained on."""
     rows_per_shard: int = Field(1024, ge=1)
     stream_actors: int = Field(1, ge=1)
     """Ray Data actors reading and tokenizing groups for training (half a CPU each): raise it when a fast GPU
     waits for data (metrics: data_wait_fraction)."""
+
+    @field_validator("exclude_eval", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return [value] if isinstance(value, str) else value

@@ -16,6 +16,7 @@ import typer  # module level: typer resolves the command's string annotations in
 from revela.data.chunking import Chunker, ChunkRules, TokenCounter
 from revela.data.config import DataConfig, Grouping, KindChoice
 from revela.data.grouping import GroupingError, make_groups
+from revela.data.holdout import held_out_by, read_holdouts
 from revela.data.ingest import READER_VERSION, SkipCounter, fingerprint_source, iter_documents, resolve_sources
 from revela.data.shards import input_hash, is_up_to_date, read_manifest, write_shards
 
@@ -50,6 +51,7 @@ def prepare(
     bm25_reuse: bool = False,
     on_bad_record: Literal["error", "skip"] = "error",
     rows_per_shard: int = 1024,
+    exclude_eval: list[str | Path] = (),
     force: bool = False,
     progress: bool = True,
     quiet: bool = False,
@@ -64,7 +66,7 @@ def prepare(
                      kind=kind, max_words=max_words, max_tokens=max_tokens, min_words=min_words,
                      tokenizer=tokenizer if isinstance(tokenizer, str) else None, short_group=short_group,
                      docs_per_window=docs_per_window, bm25_reuse=bm25_reuse, on_bad_record=on_bad_record,
-                     rows_per_shard=rows_per_shard)
+                     rows_per_shard=rows_per_shard, exclude_eval=[str(e) for e in exclude_eval])
     return prepare_config(cfg, out, tokenizer=tokenizer, force=force, progress=progress, quiet=quiet)
 
 
@@ -84,6 +86,9 @@ def prepare_config(cfg: DataConfig, out: str | Path, *, tokenizer: str | Any | N
 
     fingerprints = [fingerprint_source(s) for s in srcs]
     settings = {k: getattr(cfg, k) for k in _OUTPUT_SETTINGS} | {"tokenizer": counter.name, "reader": READER_VERSION}
+    holdouts = read_holdouts(cfg.exclude_eval)
+    if holdouts:  # only when given, so folders prepared without it keep their input hash
+        settings["exclude_eval"] = sorted(h.digest for h in holdouts)
     digest = input_hash(settings, fingerprints)
     if not force and is_up_to_date(out, digest):
         summary = summary_from_manifest(read_manifest(out), out, up_to_date=True)
@@ -101,6 +106,9 @@ def prepare_config(cfg: DataConfig, out: str | Path, *, tokenizer: str | Any | N
     with bar:
         for src in srcs:
             for doc in iter_documents(src, skips, cfg.kind, cfg.on_bad_record):
+                if held_out_by(holdouts, doc):
+                    skips.add("eval_holdout", doc.where or doc.id)
+                    continue
                 documents += 1
                 kind_from[f"{doc.kind_from}:{doc.kind}"] = kind_from.get(f"{doc.kind_from}:{doc.kind}", 0) + 1
                 chunks.extend(chunker.split(doc))
@@ -135,6 +143,7 @@ def prepare_config(cfg: DataConfig, out: str | Path, *, tokenizer: str | Any | N
             "chunk_tokens_mean": round(sum(lengths) / len(lengths), 2),
         },
         "skips": skips.as_dict(),
+        "exclude_eval": [h.report() for h in holdouts],
         "chunking_notes": dict(sorted(chunker.notes.items())),
         "grouping": report.as_dict(),
         "revela_version": _version(),
@@ -194,6 +203,7 @@ def summary_from_manifest(manifest: dict, out: Path, up_to_date: bool) -> dict:
         "skipped": manifest["skips"]["counts"],
         "shards": len(manifest["shards"]),
         "records_without_kind": records_without_kind(counts),
+        "exclude_eval": manifest.get("exclude_eval", []),
     }
 
 
@@ -221,6 +231,10 @@ def print_summary(summary: dict) -> None:
     if summary.get("records_without_kind"):
         console.print(f"note: {summary['records_without_kind']} records have no `kind` or `language` field and "
                       "were read as prose; pass --kind code if they are code", soft_wrap=True)
+    for held in summary.get("exclude_eval", []):
+        console.print(f"exclude-eval {held['path']}: {held['found']} of its {held['held_out_documents']} held-out "
+                      "documents found and skipped" + (f"; {held['not_found']} are not in these sources"
+                                                       if held["not_found"] else ""), soft_wrap=True)
 
 
 def register(app) -> None:
@@ -241,6 +255,9 @@ def register(app) -> None:
         max_tokens: Annotated[int, typer.Option("--max-tokens")] = 160,
         short_group: Annotated[str, typer.Option("--short-group", help="drop | pad")] = "drop",
         on_bad_record: Annotated[str, typer.Option("--on-bad-record", help="error | skip")] = "error",
+        exclude_eval: Annotated[Optional[list[Path]], typer.Option(
+            "--exclude-eval", help="An eval set built with `revela build-evals --from-corpus ... --holdout F` "
+            "(repeatable): skip the documents it holds out.")] = None,
         force: Annotated[bool, typer.Option("--force", help="Rebuild even if the manifest is up to date.")] = False,
         no_progress: Annotated[bool, typer.Option("--no-progress")] = False,
     ) -> None:
@@ -254,7 +271,8 @@ def register(app) -> None:
         try:
             prepare(source, out, group_size, grouping, seed=seed, kind=kind, tokenizer=tokenizer,
                     max_words=max_words, max_tokens=max_tokens, short_group=short_group,
-                    on_bad_record=on_bad_record, force=force, progress=not no_progress)
+                    on_bad_record=on_bad_record, exclude_eval=exclude_eval or [], force=force,
+                    progress=not no_progress)
         except ValidationError as e:
             bad = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
             typer.echo(f"error: {bad}", err=True)
