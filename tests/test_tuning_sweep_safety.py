@@ -227,7 +227,10 @@ def test_a_copied_sweep_folder_reports_its_own_data(tmp_path, models, dev):
 
     # a plan written with absolute paths (before this rule), copied: refused in one line, not the original's data
     legacy = json.loads((copy / "sweep.json").read_text().replace("${sweep}", str(sweep_dir)))
+    del legacy["folder"]
     (copy / "sweep.json").write_text(json.dumps(legacy))
+    with pytest.raises(RuntimeError, match=f"was run in {sweep_dir} \\(the folder was moved or copied\\)"):
+        check_sweep_dir(moved, sweep_hash(moved, base), "auto")
     out = CliRunner().invoke(app, ["report", str(copy)])
     assert out.exit_code == 2
     assert [line for line in out.output.splitlines() if line.strip()] == [out.output.strip()]

@@ -55,6 +55,18 @@ def same_folder(a: str | Path, b: str | Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
+def plan_folder(plan: dict) -> str | None:
+    """The folder a plan was written in: recorded since paths are portable, else (an older plan) the folder its
+    trials' absolute storage path sits in."""
+    if plan.get(FOLDER_KEY):
+        return plan[FOLDER_KEY]
+    for spec in plan.get("trials", {}).values():
+        storage = spec.get("run", {}).get("ray", {}).get("storage_path", "")
+        if Path(storage).is_absolute():
+            return str(Path(storage).parent)
+    return None
+
+
 def load_plan(sweep_dir: str | Path) -> dict:
     """sweep.json as stored (portable paths). Raises FileNotFoundError without one, SweepFolderError when its trials
     live in another folder (absolute paths from before portable storage, in a copied folder)."""

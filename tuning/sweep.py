@@ -3,6 +3,7 @@
 Layout of a sweep folder, `<storage_path>/<name>/`:
 
     sweep.json           the plan: config hash, the resolved run config of every trial, backbone score files
+                         (paths inside the folder stored as ${sweep}/..., see revela.tuning.folder)
     tune/                the Tune experiment (restored on re-runs)
     runs/<trial>/        each trial's Train run: checkpoints, metrics.jsonl, dev_scores.jsonl, report.json,
                          and revela_trial.json (the trial's record, what `revela report` reads)
@@ -11,9 +12,10 @@ Layout of a sweep folder, `<storage_path>/<name>/`:
     baselines/           the untrained backbones' dev scores
 
 Re-running the same command continues the sweep: the Tune experiment is restored, finished trials are kept and
-unfinished ones resume from their runs' last checkpoints. A changed config under the same name is refused
-unless `mode` is "resume" (a fresh Tune experiment over the new grid; trials whose runs finished with an
-unchanged config are reused, changed runs are continued as `revela train --resume` would) or "overwrite".
+unfinished ones resume from their runs' last checkpoints. A changed config under the same name (or a folder moved
+or copied since it ran) is refused unless `mode` is "resume" (a fresh Tune experiment over the new grid; trials whose
+runs finished with an unchanged config are reused, changed runs are continued as `revela train --resume` would) or
+"overwrite". Everything is validated before either deletes anything (`check_sweep_dir`, `check_plan`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 from revela.tuning.config import SweepConfig, base_run_dict, load_sweep
-from revela.tuning.folder import FOLDER_KEY, portable, read_trial_record, same_folder, write_json
+from revela.tuning.folder import FOLDER_KEY, plan_folder, portable, read_trial_record, same_folder, write_json
 from revela.tuning.grid import MODELS_DIR, Trial, apply_budget, expand
 from revela.config import RunConfig
 from revela.tuning.trial import SWEEP_FILE, run_trial, trial_hash, tune_metrics
@@ -71,13 +73,14 @@ def check_sweep_dir(sweep: SweepConfig, digest: str, mode: Mode) -> str | None:
     if mode == "overwrite":
         return "sweep"
     previous = json.loads(record.read_text())
-    moved = not same_folder(previous.get(FOLDER_KEY, sweep_dir), sweep_dir)
+    written_in = plan_folder(previous) or str(sweep_dir)
+    moved = not same_folder(written_in, sweep_dir)
     if previous["config_hash"] == digest and not moved:
         return None
     if mode != "resume":
         if moved:
             raise SweepConflictError(
-                f"sweep {sweep.name!r} in {sweep_dir} was run in {previous[FOLDER_KEY]} (the folder was moved or "
+                f"sweep {sweep.name!r} in {sweep_dir} was run in {written_in} (the folder was moved or "
                 "copied); pass --resume to continue it here (finished trials are kept), or --overwrite to start over")
         raise SweepConflictError(
             f"sweep {sweep.name!r} in {sweep_dir} was started with a different config; pass --resume to go on "

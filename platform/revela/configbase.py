@@ -45,7 +45,9 @@ def _format_errors(source: str, err: ValidationError) -> str:
             lines.append(f"  {key}: unknown key")
         else:
             msg = e["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own message
-            lines.append(f"  {key}: {msg} (got {e.get('input')!r})")
+            # a whole section's validator names what is wrong itself; echoing the section would bury it
+            got = "" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
+            lines.append(f"  {key}: {msg}{got}")
     return "\n".join(lines)
 
 
