@@ -4,7 +4,11 @@
         -- python jobs/sweep.py --config jobs/sweeps/tiny-cpu.yaml storage_path=$PWD/runs/sweeps
 """
 
-from revela.cli import app
+import typer
+
+from revela.tuning.cli import sweep_cmd
 
 if __name__ == "__main__":
-    app(["sweep", *__import__("sys").argv[1:]])
+    app = typer.Typer(add_completion=False)  # one command: `--help` shows `sweep.py [OPTIONS]`, no subcommand
+    app.command()(sweep_cmd)
+    app()

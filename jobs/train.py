@@ -3,7 +3,11 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/train.py --config jobs/configs/smoke-cpu.yaml
 """
 
-from revela.cli import app
+import typer
+
+from revela.cli import train
 
 if __name__ == "__main__":
-    app(["train", *__import__("sys").argv[1:]])
+    app = typer.Typer(add_completion=False)  # one command: `--help` shows `train.py [OPTIONS]`, no subcommand
+    app.command()(train)
+    app()

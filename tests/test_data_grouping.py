@@ -150,7 +150,7 @@ def test_bm25_reuse_covers_every_chunk_and_reports_reuse(chunks):
 
 
 def test_too_few_chunks_and_bad_settings_are_clear_errors(chunks):
-    with pytest.raises(GroupingError, match=r"only 3 chunks in total, fewer than one group of group_size=4"):
+    with pytest.raises(GroupingError, match=r"only 3 chunks in total, fewer than one group of B=4"):
         make_groups(chunks[:3], 4, "adjacent")
     with pytest.raises(GroupingError, match="group_size must be >= 2"):
         make_groups(chunks, 1, "random")
@@ -277,7 +277,7 @@ def test_cli_prepare_prints_a_summary_and_fails_cleanly(corpus, tmp_path):
     assert res.exit_code == 2 and f"{bad}:2: no `text` field" in res.output
     res = runner.invoke(app, ["prepare", "--source", str(bad), "--out", str(tmp_path / "y"), "--on-bad-record",
                               "skip", "--no-progress"])
-    assert res.exit_code == 2 and "only 1 chunks in total, fewer than one group of group_size=16" in res.output
+    assert res.exit_code == 2 and "only 1 chunks in total, fewer than one group of B=16" in res.output
     res = runner.invoke(app, ["prepare", "--source", str(corpus[1]), "--out", str(tmp_path / "z"), "--grouping",
                               "nearest", "--no-progress"])
     assert res.exit_code == 2 and "grouping" in res.output

@@ -43,3 +43,16 @@ def lm_tokens_per_chunk(chunk_tokens_mean: float, lm_name: str, lm_max_length: i
     tok = load_tokenizer(lm_name)
     special = len(tok("a")["input_ids"]) - len(tok("a", add_special_tokens=False)["input_ids"])
     return min(float(lm_max_length), chunk_tokens_mean + special)
+
+
+def warmup_steps_for(steps: int, fraction: float | None, fixed: int, trial: str = "") -> int:
+    """Warmup steps of a cell with `steps` optimizer steps: `fraction` of them (fewer than `steps`, so the learning
+    rate reaches its peak), or the base's `fixed` count when `fraction` is None; a cell that count would leave
+    untrained is refused (the first warmup step always runs at lr 0: one step with warmup trains nothing)."""
+    if fraction is not None:
+        return min(int(fraction * steps + 0.5), steps - 1)
+    if fixed >= steps:
+        raise ConfigError(f"trial {trial}: {steps} optimizer step(s) but train.warmup_steps={fixed}, so its learning "
+                          "rate never reaches train.lr (a one-step cell trains at lr 0); raise the budget, lower "
+                          "train.warmup_steps, or set warmup_fraction to warm every cell up over a share of its steps")
+    return fixed

@@ -32,6 +32,8 @@ def sweep_cmd(
 ) -> None:
     """Run a scaling sweep: one Ray Tune trial (one Ray Train fit) per cell of the grid; re-run to continue it."""
     from revela.configbase import ConfigError
+    from revela.data.grouping import GroupingError
+    from revela.data.ingest import IngestError
     from revela.evaluation.beir import DatasetError
     from revela.tuning.sweep import SweepConflictError, SweepResourceError, run_sweep
 
@@ -40,7 +42,7 @@ def sweep_cmd(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         outcome = run_sweep(config, overrides or [], mode="resume" if resume else "overwrite" if overwrite else "auto")
-    except (ConfigError, DatasetError, SweepConflictError, SweepResourceError) as e:
+    except (ConfigError, DatasetError, SweepConflictError, SweepResourceError, IngestError, GroupingError) as e:
         _fail(str(e))
     typer.echo(json.dumps(outcome, indent=2, default=str))
     if outcome["errors"] or outcome["missing"]:
@@ -54,11 +56,12 @@ def report_cmd(
     out: Annotated[Optional[Path], typer.Option(help="output folder (default <sweep>/report)")] = None,
 ) -> None:
     """Tables (CSV, Parquet), a markdown summary and PNG plots of a sweep's finished trials."""
+    from revela.tuning.folder import SweepFolderError
     from revela.tuning.report import ReportError, write_report
 
     try:
         written = write_report(sweep_dir, out)
-    except ReportError as e:
+    except (ReportError, SweepFolderError) as e:
         _fail(str(e))
     for key in ("csv", "parquet", "summary"):
         typer.echo(f"{key}: {written[key]}")

@@ -156,6 +156,24 @@ class SweepConfig(StrictModel):
     """None: as many as the cluster's GPUs (or CPUs, on CPU clusters) hold at once."""
     max_trial_failures: int = Field(1, ge=0)
     """Tune retries of a failed trial (it resumes from its last checkpoint)."""
+    warmup_fraction: float | None = Field(0.1, ge=0, lt=1)
+    """Each trial warms its learning rate up over this fraction of its own optimizer steps (train.warmup_steps =
+    round(fraction x steps), fewer than its steps), so every cell follows the same schedule shape whatever its step
+    count. None: every trial keeps the base's fixed train.warmup_steps, and a cell with no more steps than that (whose
+    learning rate would never reach train.lr) is refused at planning."""
+
+    @model_validator(mode="after")
+    def _one_warmup_rule(self) -> "SweepConfig":
+        if self.warmup_fraction is None:
+            return self
+        sections = {"run": self.run} | {f"axes.{axis}[{c.label}].run": c.run
+                                         for axis in ("retriever", "lm") for c in getattr(self.axes, axis)}
+        for where, run in sections.items():
+            if isinstance(run.get("train"), dict) and "warmup_steps" in run["train"]:
+                raise ValueError(
+                    f"{where}.train.warmup_steps and warmup_fraction={self.warmup_fraction:g} both set each trial's "
+                    "warmup; keep one (warmup_fraction: null keeps a fixed number of warmup steps in every cell)")
+        return self
 
     @model_validator(mode="after")
     def _scheduler_only_for_inner_searches(self) -> "SweepConfig":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from revela.config import RunConfig
 from revela.configbase import ConfigError, check_safe_name, deep_merge, validate
-from revela.tuning.budget import steps_for
+from revela.tuning.budget import steps_for, warmup_steps_for
 from revela.tuning.config import ModelChoice, SweepConfig
 
 RUNS_DIR, DATA_DIR, MODELS_DIR = "runs", "data", "models"
@@ -116,11 +116,15 @@ def expand(sweep: SweepConfig, base: dict, sweep_dir: Path) -> list[Trial]:
 
 
 def apply_budget(trials: list[Trial], sweep: SweepConfig, tokens_per_chunk: dict[str, float]) -> list[Trial]:
-    """Set each trial's steps from the budget and its evenly spaced checkpoints; validate its run config."""
+    """Set each trial's steps from the budget, its warmup and its evenly spaced checkpoints; validate its run
+    config."""
     for trial in trials:
         steps = steps_for(sweep.budget, trial.run, tokens_per_chunk.get(trial.data_key), trial.name)
-        trial.run["train"]["max_steps"] = steps
-        trial.run["train"]["checkpoint_every"] = max(1, steps // sweep.checkpoints)
+        train = trial.run["train"]
+        train["max_steps"] = steps
+        train["checkpoint_every"] = max(1, steps // sweep.checkpoints)
+        train["warmup_steps"] = warmup_steps_for(steps, sweep.warmup_fraction, train["warmup_steps"], trial.name)
         trial.params["steps"] = steps
+        trial.params["warmup_steps"] = train["warmup_steps"]
         validate(RunConfig, trial.run, f"sweep {sweep.name}, trial {trial.name}")
     return trials

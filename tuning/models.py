@@ -61,3 +61,40 @@ def derive_truncated(base: str, layers: int, out: str | Path) -> Path:
     (staging / SPEC_FILE).write_text(json.dumps(spec, indent=2))
     staging.rename(out)
     return out
+
+
+def check_derive(base: str, layers: int, key: str) -> None:
+    """The base of a `derive` choice resolves and has at least `layers` blocks (ConfigError naming `key`)."""
+    from transformers import AutoConfig
+
+    from revela.configbase import ConfigError
+    from revela.train.preflight import check_model
+
+    config = AutoConfig.from_pretrained(check_model(base, f"{key}.base"))
+    have = getattr(config, "num_hidden_layers", None)
+    if have is not None and layers > have:
+        raise ConfigError(f"{key}.layers={layers}: {base} has {have} layers, cannot keep {layers}")
+
+
+def check_model_choices(sweep, trials, derived_dir: Path) -> None:
+    """Every model a sweep names (axis choices, derive specs, each trial's run config) resolves, before Ray starts
+    or anything is built or deleted; a bad one is a ConfigError naming its key. `derived_dir`: where derived
+    models will be built (not checked: they do not exist yet)."""
+    from revela.train.preflight import check_model
+
+    checked = set()
+    for part in ("retriever", "lm"):
+        for choice in getattr(sweep.axes, part):
+            key = f"axes.{part}[{choice.label}]"
+            if choice.derive is not None:
+                check_derive(choice.derive.base, choice.derive.layers, f"{key}.derive")
+            else:
+                check_model(choice.name, f"{key}.name")
+                checked.add(choice.name)
+    for trial in trials:
+        for part in ("retriever", "lm"):
+            name = trial.run["model"][part]["name"]
+            if name not in checked and not Path(name).is_relative_to(derived_dir):
+                where = f"trial {trial.name}" if getattr(sweep.axes, part) else "base config"
+                check_model(name, f"model.{part}.name ({where})")
+                checked.add(name)

@@ -15,14 +15,14 @@ record (unfinished or failed) are listed in the summary, not silently dropped.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pandas as pd
 
 from revela.config import RunConfig
-from revela.tuning.trial import SWEEP_FILE, TRIAL_FILE, trial_hash
+from revela.tuning.folder import load_plan, read_trial_record
+from revela.tuning.trial import SWEEP_FILE, trial_hash
 
 METRICS = ("ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100")
 CELL_KEYS = ["group_size", "retriever", "lm", "grouping", "temperature", "lr"]
@@ -39,12 +39,11 @@ def load_sweep_dir(sweep_dir: str | Path) -> tuple[dict, list[dict], list[str]]:
     plan_path = sweep_dir / SWEEP_FILE
     if not plan_path.is_file():
         raise ReportError(f"{sweep_dir}: no {SWEEP_FILE}; not a sweep folder (run `revela sweep` first)")
-    plan = json.loads(plan_path.read_text())
+    plan = load_plan(sweep_dir)  # paths inside the folder are stored relative to it: a copied folder reads its own
     records, missing = [], []
     for name in plan["order"]:
         run = plan["trials"][name]["run"]
-        path = Path(run["ray"]["storage_path"]) / name / TRIAL_FILE
-        record = json.loads(path.read_text()) if path.is_file() else None
+        record = read_trial_record(sweep_dir, run)
         if record is None or record["trial_hash"] != trial_hash(RunConfig.model_validate(run)):  # stale or absent
             missing.append(name)
         else:

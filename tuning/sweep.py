@@ -3,6 +3,7 @@
 Layout of a sweep folder, `<storage_path>/<name>/`:
 
     sweep.json           the plan: config hash, the resolved run config of every trial, backbone score files
+                         (paths inside the folder stored as ${sweep}/..., see revela.tuning.folder)
     tune/                the Tune experiment (restored on re-runs)
     runs/<trial>/        each trial's Train run: checkpoints, metrics.jsonl, dev_scores.jsonl, report.json,
                          and revela_trial.json (the trial's record, what `revela report` reads)
@@ -11,13 +12,15 @@ Layout of a sweep folder, `<storage_path>/<name>/`:
     baselines/           the untrained backbones' dev scores
 
 Re-running the same command continues the sweep: the Tune experiment is restored, finished trials are kept and
-unfinished ones resume from their runs' last checkpoints. A changed config under the same name is refused
-unless `mode` is "resume" (a fresh Tune experiment over the new grid; trials whose runs finished with an
-unchanged config are reused, changed runs are continued as `revela train --resume` would) or "overwrite".
+unfinished ones resume from their runs' last checkpoints. A changed config under the same name (or a folder moved
+or copied since it ran) is refused unless `mode` is "resume" (a fresh Tune experiment over the new grid; trials whose
+runs finished with an unchanged config are reused, changed runs are continued as `revela train --resume` would) or
+"overwrite". Everything is validated before either deletes anything (`check_sweep_dir`, `check_plan`).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import json
@@ -28,9 +31,10 @@ from pathlib import Path
 from typing import Literal
 
 from revela.tuning.config import SweepConfig, base_run_dict, load_sweep
-from revela.tuning.grid import Trial, apply_budget, expand
+from revela.tuning.folder import FOLDER_KEY, plan_folder, portable, read_trial_record, same_folder, write_json
+from revela.tuning.grid import MODELS_DIR, Trial, apply_budget, expand
 from revela.config import RunConfig
-from revela.tuning.trial import SWEEP_FILE, TRIAL_FILE, run_trial, trial_hash, tune_metrics
+from revela.tuning.trial import SWEEP_FILE, run_trial, trial_hash, tune_metrics
 
 log = logging.getLogger(__name__)
 
@@ -55,29 +59,79 @@ def sweep_hash(sweep: SweepConfig, base: dict) -> str:
     return hashlib.sha256(json.dumps({"sweep": data, "base": base}, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def claim_sweep_dir(sweep: SweepConfig, digest: str, mode: Mode) -> Path:
-    sweep_dir = Path(sweep.storage_path).absolute() / sweep.name
+def sweep_folder(sweep: SweepConfig) -> Path:
+    return Path(sweep.storage_path).absolute() / sweep.name
+
+
+def check_sweep_dir(sweep: SweepConfig, digest: str, mode: Mode) -> str | None:
+    """Refuse a name taken by a different config (or a folder moved since it ran) without touching anything; returns
+    what `claim_sweep_dir` will delete: "sweep" (--overwrite), "tune" (go on with a changed grid) or None."""
+    sweep_dir = sweep_folder(sweep)
     record = sweep_dir / SWEEP_FILE
-    if record.is_file() and mode == "overwrite":
-        shutil.rmtree(sweep_dir)
-    elif record.is_file() and json.loads(record.read_text())["config_hash"] != digest:
-        if mode != "resume":
+    if not record.is_file():
+        return None
+    if mode == "overwrite":
+        return "sweep"
+    previous = json.loads(record.read_text())
+    written_in = plan_folder(previous) or str(sweep_dir)
+    moved = not same_folder(written_in, sweep_dir)
+    if previous["config_hash"] == digest and not moved:
+        return None
+    if mode != "resume":
+        if moved:
             raise SweepConflictError(
-                f"sweep {sweep.name!r} in {sweep_dir} was started with a different config; pass --resume to go on "
-                "with this config (finished trials whose runs are unchanged are kept), --overwrite to start over, "
-                "or choose another name")
-        shutil.rmtree(sweep_dir / TUNE_DIR, ignore_errors=True)  # the grid changed: a fresh Tune experiment
+                f"sweep {sweep.name!r} in {sweep_dir} was run in {written_in} (the folder was moved or "
+                "copied); pass --resume to continue it here (finished trials are kept), or --overwrite to start over")
+        raise SweepConflictError(
+            f"sweep {sweep.name!r} in {sweep_dir} was started with a different config; pass --resume to go on "
+            "with this config (finished trials whose runs are unchanged are kept), --overwrite to start over, "
+            "or choose another name")
+    return "tune"  # the grid changed (or the folder moved): a fresh Tune experiment
+
+
+def claim_sweep_dir(sweep: SweepConfig, digest: str, mode: Mode) -> Path:
+    """Delete what `mode` asks for and create the folder. `run_sweep` calls it only once everything is validated."""
+    action = check_sweep_dir(sweep, digest, mode)
+    sweep_dir = sweep_folder(sweep)
+    if action == "sweep":
+        shutil.rmtree(sweep_dir)
+    elif action == "tune":
+        shutil.rmtree(sweep_dir / TUNE_DIR, ignore_errors=True)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     return sweep_dir
+
+
+def check_plan(sweep: SweepConfig, base: dict, sweep_dir: Path) -> list[Trial]:
+    """Everything a sweep needs that can be checked without writing anything: the grid and every trial's run config
+    (steps and warmup too, unless a tokens budget needs the prepared chunks first), every model name and derive spec,
+    the corpus and the dev sets. Errors are one line naming the key."""
+    from revela.configbase import ConfigError, validate
+    from revela.data.ingest import IngestError, resolve_sources
+    from revela.tuning.models import check_model_choices
+    from revela.tuning.prepare import check_dev_sets
+
+    trials = expand(sweep, base, sweep_dir)
+    if sweep.budget.kind == "tokens":
+        for t in trials:
+            validate(RunConfig, t.run, f"sweep {sweep.name}, trial {t.name}")
+    else:
+        apply_budget(copy.deepcopy(trials), sweep, {})
+    check_model_choices(sweep, trials, sweep_dir / MODELS_DIR)
+    for sources in {tuple(t.data_config["sources"]) for t in trials}:
+        try:
+            resolve_sources(list(sources))
+        except IngestError as e:
+            raise ConfigError(f"data.sources: {e}") from None
+    check_dev_sets(sweep.datasets)
+    return trials
 
 
 def plan_trials(sweep: SweepConfig, base: dict, sweep_dir: Path) -> tuple[list[Trial], dict]:
     """Expand the grid, build what the trials share (models, groups per B) and fix each trial's steps."""
     from revela.tuning.budget import lm_tokens_per_chunk
-    from revela.tuning.prepare import check_dev_sets, derive_models, prepare_groups
+    from revela.tuning.prepare import derive_models, prepare_groups
 
     trials = expand(sweep, base, sweep_dir)
-    check_dev_sets(sweep.datasets)
     derive_models(sweep, sweep_dir)
     data = prepare_groups(trials, sweep_dir)
     tokens = {}
@@ -131,9 +185,7 @@ def write_plan(sweep_dir: Path, digest: str, sweep: SweepConfig, base: dict, tri
             "data": data,
             "trials": {t.name: {"params": t.params, "run": t.run, "data_key": t.data_key,
                                 "backbone_file": str(backbones[t.name])} for t in trials}}
-    tmp = sweep_dir / f".{SWEEP_FILE}.tmp"
-    tmp.write_text(json.dumps(plan, indent=2, default=str))
-    tmp.replace(sweep_dir / SWEEP_FILE)
+    write_json(sweep_dir / SWEEP_FILE, {**portable(plan, sweep_dir), FOLDER_KEY: str(sweep_dir)})
 
 
 def make_tuner(sweep: SweepConfig, sweep_dir: Path, trials: list[Trial], concurrency: int):
@@ -166,10 +218,13 @@ def run_sweep(config: str | Path, overrides: list[str] | None = None, mode: Mode
     sweep, base_dir = load_sweep(config, overrides)
     base = base_run_dict(sweep, base_dir)
     digest = sweep_hash(sweep, base)
-    sweep_dir = claim_sweep_dir(sweep, digest, mode)
-    trials, data = plan_trials(sweep, base, sweep_dir)
+    # validate everything first (config, grid, models, corpus, dev sets, the cluster's resources), delete last
+    check_sweep_dir(sweep, digest, mode)
+    trials = check_plan(sweep, base, sweep_folder(sweep))
     ensure_ray(sweep.ray_address or base["ray"]["address"])
     concurrency = max_concurrent(trials, ray.cluster_resources(), sweep.max_concurrent_trials)
+    sweep_dir = claim_sweep_dir(sweep, digest, mode)
+    trials, data = plan_trials(sweep, base, sweep_dir)
     backbones = score_backbones(trials, sweep_dir)
     write_plan(sweep_dir, digest, sweep, base, trials, backbones, data, mode)
     log.info("sweep %s: %d trials, %d at a time, budget %s=%d, in %s", sweep.name, len(trials), concurrency,
@@ -181,9 +236,9 @@ def run_sweep(config: str | Path, overrides: list[str] | None = None, mode: Mode
             errors[(result.config or {}).get("trial", result.path)] = str(result.error).splitlines()[0][:300]
     done = {}
     for trial in trials:
-        path = Path(trial.run["ray"]["storage_path"]) / trial.name / TRIAL_FILE
-        record = json.loads(path.read_text()) if path.is_file() else None
-        if record and record["trial_hash"] == trial_hash(RunConfig.model_validate(trial.run)):
+        stored = portable(trial.run, sweep_dir)  # a trial's identity does not depend on where the folder is
+        record = read_trial_record(sweep_dir, stored)
+        if record and record["trial_hash"] == trial_hash(RunConfig.model_validate(stored)):
             done[trial.name] = tune_metrics(record)
     return {"sweep_dir": str(sweep_dir), "trials": done, "errors": errors,
             "missing": [t.name for t in trials if t.name not in done]}

@@ -19,8 +19,7 @@ from pathlib import Path
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
-TRIAL_FILE = "revela_trial.json"
-SWEEP_FILE = "sweep.json"
+from revela.tuning.folder import SWEEP_FILE, TRIAL_FILE, localize, portable, read_trial_record, write_json
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -77,8 +76,10 @@ def finished_run(run_dir: Path, cfg) -> bool:
         json.loads(report.read_text()).get("steps") == cfg.train.max_steps
 
 
-def summarize(cfg, params: dict, run_dir: Path, backbone_file: Path, wall_s: float, tune_dir: str | None) -> dict:
-    """The trial's record (what the report is built from); every number comes from files in `run_dir`."""
+def summarize(cfg, params: dict, run_dir: Path, backbone_file: Path, wall_s: float, tune_dir: str | None,
+              digest: str | None = None) -> dict:
+    """The trial's record (what the report is built from); every number comes from files in `run_dir`.
+    `digest`: the trial's hash as the plan stores it (portable paths; default: hashed from `cfg`)."""
     from revela.train.driver import DEV_SCORES_FILE, metrics_history
     from revela.train.worker import METRICS_FILE
     from revela.tuning.compute import flops_per_group, model_shape
@@ -107,7 +108,7 @@ def summarize(cfg, params: dict, run_dir: Path, backbone_file: Path, wall_s: flo
 
     return {
         "trial": cfg.name, "params": params, "run_dir": str(run_dir), "tune_trial_dir": tune_dir,
-        "trial_hash": trial_hash(cfg), "select_best_by": metric, "datasets": list(cfg.eval.datasets),
+        "trial_hash": digest or trial_hash(cfg), "select_best_by": metric, "datasets": list(cfg.eval.datasets),
         "steps": history[-1]["step"] if history else 0, "max_steps": cfg.train.max_steps,
         "group_size": cfg.data.group_size, "groups_seen": groups, "chunks_seen": groups * cfg.data.group_size,
         "tokens_seen": sum(r["tokens"] for r in history) * world,
@@ -147,12 +148,13 @@ def run_trial(config: dict) -> None:
     started = time.time()
     sweep_dir = Path(config["sweep_dir"])
     plan = json.loads((sweep_dir / SWEEP_FILE).read_text())
-    spec = plan["trials"][config["trial"]]
+    stored = plan["trials"][config["trial"]]
+    digest = trial_hash(RunConfig.model_validate(stored["run"]))  # on the portable paths: the same after a move
+    spec = localize(stored, sweep_dir)
     cfg = RunConfig.model_validate(spec["run"])
     run_dir = Path(cfg.ray.storage_path) / cfg.name
-    path = run_dir / TRIAL_FILE
-    record = json.loads(path.read_text()) if path.is_file() else None
-    if record is None or record["trial_hash"] != trial_hash(cfg):
+    record = read_trial_record(sweep_dir, stored["run"])
+    if record is None or record["trial_hash"] != digest:
         if not finished_run(run_dir, cfg):
             # trained to the end but stopped before its report: "resume" takes no step and writes the report
             mode = "resume" if trained_to_the_end(run_dir, cfg) else plan["run_mode"]
@@ -162,8 +164,6 @@ def run_trial(config: dict) -> None:
         except Exception:  # noqa: BLE001 - the record is still complete without it
             tune_dir = None
         record = summarize(cfg, spec["params"], run_dir, Path(spec["backbone_file"]), time.time() - started,
-                           tune_dir)
-        tmp = path.with_name(f".{TRIAL_FILE}.tmp")
-        tmp.write_text(json.dumps(record, indent=2, default=float))
-        tmp.replace(path)
+                           tune_dir, digest)
+        write_json(run_dir / TRIAL_FILE, portable(record, sweep_dir), default=float)
     tune.report(tune_metrics(record))

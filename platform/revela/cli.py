@@ -69,6 +69,9 @@ def train(
                                  "state transitions, and print the whole report JSON at the end."),
 ) -> None:
     """Train a retriever with Revela on Ray Train (an embedded local Ray when ray.address is not set)."""
+    from revela.data.grouping import GroupingError
+    from revela.data.ingest import IngestError
+    from revela.data.shards import ShardError
     from revela.train.console import final_summary
     from revela.train.driver import RunConflictError, TrainingStoppedError, run
     from revela.train.resume import LostCheckpointError
@@ -79,7 +82,8 @@ def train(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         report = run(cfg, mode="resume" if resume else "overwrite" if overwrite else "auto", verbose=verbose)
-    except (RunConflictError, TrainingStoppedError, LostCheckpointError) as e:
+    except (ConfigError, RunConflictError, TrainingStoppedError, LostCheckpointError, IngestError, GroupingError,
+            ShardError) as e:
         _fail(str(e))
     if verbose:
         typer.echo(json.dumps(report, indent=2, default=str))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from revela.configbase import SafeName, StrictModel
 from revela.data.config import DataConfig
@@ -90,7 +90,8 @@ class TrainConfig(StrictModel):
 class RayConfig(StrictModel):
     address: str | None = None
     """None: an embedded local Ray."""
-    num_workers: int = Field(1, ge=0)
+    num_workers: int = 1
+    """Ray Train workers (processes), each training on its share of every step's groups; 1 = one process."""
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, gt=0, le=1)
@@ -98,6 +99,16 @@ class RayConfig(StrictModel):
     strategy: Literal["ddp", "fsdp"] = "ddp"
     max_failures: int = Field(2, ge=0)
     storage_path: str = "runs"
+
+    @field_validator("num_workers")
+    @classmethod
+    def _at_least_one_worker(cls, value: int) -> int:
+        if value < 1:
+            # 0 is Ray Train's local mode (the function runs in the driver): Ray then keeps the reported checkpoint
+            # only as the temporary folder it was written to, scores nothing, keeps no best K and resumes nothing
+            raise ValueError("must be at least 1: 0 would run Ray Train's local mode, which keeps no "
+                             "checkpoint and scores none; use 1 for a single training process")
+        return value
 
 
 class EvalConfig(StrictModel):

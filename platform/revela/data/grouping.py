@@ -182,8 +182,8 @@ def make_groups(
         raise GroupingError(f"group_size must be >= 2 (in-batch attention needs other chunks), got {group_size}")
     if len(chunks) < group_size:
         raise GroupingError(
-            f"only {len(chunks)} chunks in total, fewer than one group of group_size={group_size}; "
-            "add more text or lower --group-size"
+            f"only {len(chunks)} chunks in total, fewer than one group of B={group_size}; "
+            "add more text or lower the group size (--group-size, data.group_size)"
         )
     report = GroupingReport(strategy=strategy, group_size=group_size, seed=seed, short_group=short_group,
                             chunks_in=len(chunks))

@@ -36,6 +36,7 @@ Bad input. Nothing is dropped silently; every skip is counted by reason in a `Sk
 | file in a tree: cannot be read (dangling)  | skip `unreadable`            | skip `unreadable`      |
 | `__pycache__`, hidden or symlinked dirs    | skip `ignored_dir` (one per directory)                |
 | the output folder inside a source tree     | skip `output_dir` (never read back as input)          |
+| a source given twice (same resolved path)  | read once; `unique_sources` returns the repeats       |
 Files inside a tree are skipped rather than fatal because real trees (e.g. a Python package) always hold
 a few binaries; records in a JSONL/Parquet file are fatal by default because a bad line means a broken
 export. Documents shorter than one sentence are handled by the chunker (`too_short`).
@@ -77,6 +78,15 @@ _SNIFF_BYTES = 8192
 
 class IngestError(ValueError):
     """Input that cannot be read; the message starts with `file[:line]`."""
+
+
+class BadRecordError(IngestError):
+    """A bad record under on_bad_record="error"; the message says how to skip such records instead, in the words of
+    a run config (`revela prepare` rewords it for its --on-bad-record flag)."""
+
+    def __init__(self, where: str, problem: str):
+        self.where, self.problem = where, problem
+        super().__init__(f"{where}: {problem} (set data.on_bad_record: skip to skip and count such records)")
 
 
 @dataclass
@@ -128,6 +138,20 @@ class Source:
     @property
     def format(self) -> str:
         return detect_format(self.path)
+
+
+def unique_sources(paths: list[str | Path]) -> tuple[list[str | Path], list[str]]:
+    """(`paths` without repeats of a file or folder already listed, compared by resolved path; the repeats left
+    out, as given), so `--source X --source X` (or `X` and `./X`) reads every document once."""
+    seen, kept, repeated = set(), [], []
+    for raw in paths:
+        key = Path(raw).expanduser().resolve()
+        if key in seen:
+            repeated.append(str(raw))
+        else:
+            seen.add(key)
+            kept.append(raw)
+    return kept, repeated
 
 
 def resolve_sources(paths: list[str | Path], exclude: list[str | Path] = ()) -> list[Source]:
@@ -290,7 +314,7 @@ def _one_document(doc_id: str, text: str, source: str, kind: Kind, skips: SkipCo
 
 def _bad(on_bad: OnBad, skips: SkipCounter, reason: str, where: str, message: str) -> None:
     if on_bad == "error":
-        raise IngestError(f"{where}: {message} (pass on_bad_record='skip' to skip and count such records)")
+        raise BadRecordError(where, message)
     skips.add(reason, where)
 
 

@@ -17,8 +17,10 @@ from revela.data.chunking import Chunker, ChunkRules, TokenCounter
 from revela.data.config import DataConfig, Grouping, KindChoice
 from revela.data.grouping import GroupingError, make_groups
 from revela.data.holdout import held_out_by, read_holdouts
-from revela.data.ingest import READER_VERSION, SkipCounter, fingerprint_source, iter_documents, resolve_sources
+from revela.data.ingest import (READER_VERSION, SkipCounter, fingerprint_source, iter_documents, resolve_sources,
+                                unique_sources)
 from revela.data.shards import input_hash, is_up_to_date, read_manifest, write_shards
+from revela.options import at_least
 
 # Settings that change the output; they (with the source hashes) make up the manifest's input hash.
 _OUTPUT_SETTINGS = ("group_size", "grouping", "seed", "kind", "max_words", "max_tokens", "min_words",
@@ -79,7 +81,8 @@ def prepare_config(cfg: DataConfig, out: str | Path, *, tokenizer: str | Any | N
     if cfg.group_size < 2:
         raise ValueError(f"group_size must be >= 2 (in-batch attention needs other chunks), got {cfg.group_size}")
     out = Path(out)
-    srcs = resolve_sources(cfg.sources, exclude=[out])  # a second run must not read its own shards back
+    sources, repeated = unique_sources(cfg.sources)
+    srcs = resolve_sources(sources, exclude=[out])  # a second run must not read its own shards back
     tokenizer = tokenizer if tokenizer is not None else cfg.tokenizer
     tok_obj = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     counter = TokenCounter(tok_obj, name=tokenizer if isinstance(tokenizer, str) else None)
@@ -93,6 +96,7 @@ def prepare_config(cfg: DataConfig, out: str | Path, *, tokenizer: str | Any | N
     if not force and is_up_to_date(out, digest):
         summary = summary_from_manifest(read_manifest(out), out, up_to_date=True)
         summary["elapsed_s"] = round(time.perf_counter() - started, 3)
+        summary["repeated_sources"] = repeated
         if not quiet:
             print_summary(summary)
         return summary
@@ -153,6 +157,7 @@ def prepare_config(cfg: DataConfig, out: str | Path, *, tokenizer: str | Any | N
         wbar.update(1)
     summary = summary_from_manifest(manifest, out, up_to_date=False)
     summary["elapsed_s"] = round(time.perf_counter() - started, 3)
+    summary["repeated_sources"] = repeated
     if not quiet:
         print_summary(summary)
     return summary
@@ -228,6 +233,9 @@ def print_summary(summary: dict) -> None:
         table.add_row(k, str(v))
     console = Console(stderr=False)
     console.print(table)
+    if summary.get("repeated_sources"):
+        console.print(f"note: {len(summary['repeated_sources'])} source(s) given more than once, read once: "
+                      f"{', '.join(summary['repeated_sources'])}", soft_wrap=True)
     if summary.get("records_without_kind"):
         console.print(f"note: {summary['records_without_kind']} records have no `kind` or `language` field and "
                       "were read as prose; pass --kind code if they are code", soft_wrap=True)
@@ -237,14 +245,22 @@ def print_summary(summary: dict) -> None:
                                                        if held["not_found"] else ""), soft_wrap=True)
 
 
+def _flag(loc: tuple) -> str:
+    """`revela prepare`'s option for a DataConfig field (`on_bad_record` -> `--on-bad-record`)."""
+    field = str(loc[0]) if loc else "?"
+    return "--source" if field == "sources" else f"--{field.replace('_', '-')}"
+
+
 def register(app) -> None:
     """Add the `prepare` command to a typer app."""
+
     @app.command("prepare")
     def prepare_command(
         source: Annotated[list[Path], typer.Option("--source", help="Corpus path (repeatable): JSONL, Parquet, "
                                                    "text/code tree, or a saved HF dataset.")],
         out: Annotated[Path, typer.Option("--out", help="Output directory for shards + manifest.json.")],
-        group_size: Annotated[int, typer.Option("--group-size", help="Chunks per group (B).")] = 16,
+        group_size: Annotated[int, typer.Option("--group-size", callback=at_least(2),
+                                                help="Chunks per group (B).")] = 16,
         grouping: Annotated[str, typer.Option("--grouping", help="adjacent | bm25 | random")] = "adjacent",
         seed: Annotated[int, typer.Option("--seed")] = 42,
         kind: Annotated[str, typer.Option("--kind", help="prose | code | auto (files by extension, records "
@@ -265,7 +281,7 @@ def register(app) -> None:
         from pydantic import ValidationError
 
         from revela.data.grouping import GroupingError
-        from revela.data.ingest import IngestError
+        from revela.data.ingest import BadRecordError, IngestError
         from revela.data.shards import ShardError
 
         try:
@@ -273,9 +289,13 @@ def register(app) -> None:
                     max_words=max_words, max_tokens=max_tokens, short_group=short_group,
                     on_bad_record=on_bad_record, exclude_eval=exclude_eval or [], force=force,
                     progress=not no_progress)
-        except ValidationError as e:
-            bad = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        except ValidationError as e:  # name the flag the user typed, not the DataConfig field behind it
+            bad = "; ".join(f"{_flag(err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in e.errors())
             typer.echo(f"error: {bad}", err=True)
+            raise typer.Exit(2) from None
+        except BadRecordError as e:
+            typer.echo(f"error: {e.where}: {e.problem} (pass --on-bad-record skip to skip and count such records)",
+                       err=True)
             raise typer.Exit(2) from None
         except (IngestError, GroupingError, ShardError, ValueError) as e:
             typer.echo(f"error: {e}", err=True)

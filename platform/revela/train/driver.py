@@ -20,6 +20,7 @@ from ray.train.torch import TorchTrainer
 
 from revela.config import RunConfig
 from revela.configbase import check_safe_name
+from revela.train.preflight import check_run_inputs
 from revela.train.resume import repair_snapshot
 from revela.train.ray_setup import QUIET_ENV, local_ray_options, quiet_libraries, state_api_env, train_logging
 from revela.train.worker import METRICS_FILE, STATUS_FILE, train_worker
@@ -88,9 +89,7 @@ def claim_run_dir(cfg: RunConfig, mode: Mode) -> Path:
     if run_dir.is_symlink():
         raise RunConflictError(f"run folder {run_dir} is a symbolic link; refusing to train into or remove it")
     record = run_dir / RUN_FILE
-    if record.is_file() and mode == "overwrite":
-        shutil.rmtree(run_dir)
-    elif record.is_file():
+    if record.is_file() and mode != "overwrite":
         previous = json.loads(record.read_text())
         status = read_status(run_dir)
         if previous["config_hash"] != config_hash(cfg) and mode != "resume":
@@ -101,6 +100,9 @@ def claim_run_dir(cfg: RunConfig, mode: Mode) -> Path:
             raise RunConflictError(
                 f"run {cfg.name!r} already finished at step {status.get('step')} ({run_dir}); "
                 "pass --resume with a larger train.max_steps to continue, --overwrite to retrain, or use another name")
+    check_run_inputs(cfg)  # validate everything first, delete last
+    if record.is_file() and mode == "overwrite":
+        shutil.rmtree(run_dir)
     repair_snapshot(run_dir, cfg.name)  # a lost newest checkpoint: resume from the newest complete one
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / STATUS_FILE).unlink(missing_ok=True)
@@ -179,17 +181,26 @@ def run(cfg: RunConfig, mode: Mode = "auto", verbose: bool = False, callbacks: t
         raise TrainingStoppedError(
             f"run {cfg.name!r} stopped: {status['message']}; last good checkpoint: "
             f"{result.checkpoint.path if result.checkpoint else 'none'}")
-    checkpoint = result.checkpoint.path if result.checkpoint else None
+    checkpoint = final_checkpoint(cfg, run_dir, result)
     after = data.score_heldout(cfg, checkpoint=checkpoint)
     return write_report(run_dir, cfg, checkpoint=checkpoint, history=metrics_history(run_dir),
                         heldout_before=before, heldout_after=after, data_summary=data.summary,
                         wall_s=time.time() - started, checkpoints=scored_checkpoints(cfg, result))
 
 
+def final_checkpoint(cfg: RunConfig, run_dir: Path, result: ray.train.Result) -> str:
+    """The run's last checkpoint; a run that ended without one (nothing to score, export or resume) is an error."""
+    if result.checkpoint is None or not Path(result.checkpoint.path).is_dir():
+        raise TrainingStoppedError(
+            f"run {cfg.name!r} ended at step {read_status(run_dir).get('step', '?')} without a checkpoint in "
+            f"{run_dir}: nothing to score, export or resume from")
+    return result.checkpoint.path
+
+
 def scored_checkpoints(cfg: RunConfig, result: ray.train.Result) -> list[dict]:
     """The kept checkpoints with their step and dev scores, best first when there are dev sets."""
     rows = []
-    for ckpt, metrics in result.best_checkpoints:
+    for ckpt, metrics in result.best_checkpoints or []:
         dev = {k: v for k, v in metrics.items() if k.startswith("dev_") or "/" in k}
         rows.append({"path": ckpt.path, "step": metrics.get("step"), **dev})
     key = cfg.eval.select_best_by

@@ -1,6 +1,7 @@
 """The Ray Train worker loop: stream of groups -> Trainer steps -> metrics and checkpoints through ray.train.report.
 
-It also runs in the driver process (ScalingConfig(num_workers=0)), which is how single-process runs work.
+It runs in ray.num_workers >= 1 Train worker processes: Ray Train's local mode (num_workers=0, the function in the
+driver) keeps no checkpoint in storage and scores none, so the run config refuses it (revela.config.RayConfig).
 """
 
 from __future__ import annotations
