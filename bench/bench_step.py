@@ -297,7 +297,8 @@ def agreement_rows(device, smoke: bool):
     half = torch.float16 if smoke else torch.bfloat16
     shapes = [(1, 4, 4, 2, 19, 16)] if smoke else [(1, 16, 14, 2, 160, 64), (2, 16, 9, 3, 157, 64),
                                                     (1, 8, 4, 1, 96, 256)]
-    cases = [(shape, (t, t, t), None) for shape in shapes for t in ([torch.float32] if smoke else [half, torch.float32])]
+    plain = [torch.float32] if smoke else [half, torch.float32]
+    cases = [(shape, (t, t, t), None) for shape in shapes for t in plain]
     cases.append((shapes[0], (torch.float32, torch.float32, half), half))
     for (G, B, H, Hkv, L, d), dtypes, autocast in cases:
         def measure(row, G=G, B=B, H=H, Hkv=Hkv, L=L, d=d, dtypes=dtypes, autocast=autocast):

@@ -164,7 +164,8 @@ def sweep(out: Path) -> tuple[list[str], dict]:
         rows = [r for r in csv.DictReader(f) if r["dataset"] == "mean" and r["metric"] == "ndcg_at_10"]
     cells = [f"{r['trial']} (B={r['group_size']}, {r['steps']} steps): dev nDCG@10 best {float(r['best']):.4f}, "
              f"untrained {float(r['backbone']):.4f}" for r in rows]
-    summary_md = (out / "sweep-report" / "summary.md").read_text() if (out / "sweep-report" / "summary.md").is_file() else ""
+    summary_path = out / "sweep-report" / "summary.md"
+    summary_md = summary_path.read_text() if summary_path.is_file() else ""
     missing = [line for line in summary_md.splitlines() if "without results" in line]
     return cells + missing, {"trials": len(rows), "ok": len(rows) == 2 and not missing}
 
@@ -206,7 +207,8 @@ def main(out: Path) -> dict:
         print(f"{name:<13} {verdict:<11} {stage['seconds']:>4} s  {lines[0] if lines else ''}")
         for line in lines[1:]:
             print(f"{'':<31}{line}")
-        print(f"{'':<31}files: {FILES[name]}" + (f" ({stage['log']})" if stage["log"] and stage["log"] not in FILES[name] else ""))
+        log = f" ({stage['log']})" if stage["log"] and stage["log"] not in FILES[name] else ""
+        print(f"{'':<31}files: {FILES[name]}{log}")
         report["stages"][name] = {**stage, "verdict": verdict, "lines": lines, **numbers}
     print(bar)
     (out / "summary.json").write_text(json.dumps(report, indent=1, default=str))

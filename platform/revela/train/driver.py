@@ -21,8 +21,9 @@ import ray.train
 from revela.config import RunConfig
 from revela.configbase import check_safe_name
 from revela.train.resume import repair_snapshot
-from revela.train.ray_setup import NO_STATE_API_ENV, QUIET_ENV, TorchTrainer, local_ray_options, missing_dashboard_packages, \
-    no_dashboard_notice, quiet_libraries, state_api_env, train_logging
+from revela.train.ray_setup import (NO_STATE_API_ENV, QUIET_ENV, TorchTrainer, local_ray_options,
+                                    missing_dashboard_packages, no_dashboard_notice, quiet_libraries, state_api_env,
+                                    train_logging)
 from revela.train.worker import METRICS_FILE, STATUS_FILE, train_worker
 
 RUN_FILE = "revela_run.json"
