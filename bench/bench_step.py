@@ -12,7 +12,14 @@ step of the same LoRA LM on the same G*B*L tokens. Attention table: one layer's 
 backward (bf16, H=14, Hkv=2, d=64 as Qwen2.5-0.5B) for the fused kernel, the blockwise torch path, the reference
 math that materialises [B, B, H, L, L], and a floor (one SDPA per chunk over all B*L keys of its group).
 Times are medians of timed repetitions after warm-up, with a device sync around each; peak memory is
-max_memory_allocated above what the inputs hold. Every row is printed as JSON as soon as it is measured.
+max_memory_allocated above what the inputs hold. Every row is printed as JSON as soon as it is measured (and `--out`
+is rewritten after each row, so a run cut short keeps what it measured).
+
+Each model reads token ids from its own vocabulary (the retriever's for the retriever, the LM's for the LM), as
+two tokenizers would give them. A row that fails records its error and the run goes on. An error that leaves the
+CUDA context unusable (a device-side assert, an illegal memory access) marks every later row of this process
+"not run" with the error that caused it: run tables (or LMs, `--lm`) in separate processes to keep them apart, as
+bench/gpu_session.sh does.
 """
 
 from __future__ import annotations
@@ -44,17 +51,23 @@ SHAPES = {
                                    rope_theta=500000.0, tie_word_embeddings=True, max_position_embeddings=131072)),
     "tiny": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=2, vocab_size=1000, tie_word_embeddings=True)),
+    # an LM with a larger vocabulary than the tiny retriever's, as Qwen2.5 / Llama-3.2 next to SmolLM2
+    "tiny-wide-vocab": ("qwen2", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=1, vocab_size=3000,
+                                      tie_word_embeddings=True)),
 }
 
-# (retriever, LM, B, G values): the issue's rows, then G > 1 where the GPU has room for it.
+# (retriever, LM, B, G values). SmolLM2 pair: the rows measured on an H200 (issue 17) that fit its 141 GB (B=16 G=16
+# ran out of memory there; B=64 G=4 and B=128 G=2 would need twice the 104/107 GiB measured at half their chunks).
+# Qwen2.5-0.5B and Llama-3.2-1B LMs: unmeasured; G up to where the chunks per forward of the SmolLM2 rows stop.
 STEP_CASES = [
-    ("smollm2-135m", "smollm2-135m", 16, (1, 4, 8, 16)),
-    ("smollm2-135m", "smollm2-135m", 64, (1, 2, 4)),
-    ("smollm2-135m", "smollm2-135m", 128, (1, 2)),
-    ("smollm2-135m", "qwen2.5-0.5b", 16, (1, 4, 8)),
-    ("smollm2-135m", "llama-3.2-1b", 16, (1, 2, 4, 8)),
+    ("smollm2-135m", "smollm2-135m", 16, (1, 4, 8)),
+    ("smollm2-135m", "smollm2-135m", 64, (1, 2)),
+    ("smollm2-135m", "smollm2-135m", 128, (1,)),
+    ("smollm2-135m", "qwen2.5-0.5b", 16, (1, 4)),
+    ("smollm2-135m", "llama-3.2-1b", 16, (1, 2, 4)),
 ]
-SMOKE_CASES = [("tiny", "tiny", 4, (1, 2))]
+SMOKE_CASES = [("tiny", "tiny", 4, (1, 2)), ("tiny", "tiny-wide-vocab", 4, (1,))]
 
 
 def config_of(shape: str):
@@ -82,6 +95,46 @@ def peak_gib(device, base: int) -> float | None:
     return (torch.cuda.max_memory_allocated(device) - base) / 2**30 if device.type == "cuda" else None
 
 
+LOST_CONTEXT: list[str] = []
+"""The error that left this process's CUDA context unusable, once one did."""
+
+
+def device_usable(device) -> bool:
+    if device.type != "cuda":
+        return True
+    try:
+        torch.ones(1, device=device).add_(1).item()
+        torch.cuda.synchronize(device)
+        return True
+    except Exception:  # a sticky CUDA error: every later call on this context fails the same way
+        return False
+
+
+def measured(row: dict, measure, device) -> dict:
+    """`row` filled in by `measure(row)`, or with the error it raised (the run goes on). After an error that left the
+    CUDA context unusable, later rows are not attempted: they record that error instead."""
+    if LOST_CONTEXT:
+        row["error"] = f"not run: the CUDA context was lost at an earlier row ({LOST_CONTEXT[0]})"
+        return row
+    try:
+        measure(row)
+    except torch.OutOfMemoryError:
+        row["error"] = "out of memory"
+    except Exception as e:  # noqa: BLE001 (any failure is recorded in its row)
+        message = str(e).strip().splitlines()
+        row["error"] = f"{type(e).__name__}: {message[0] if message else ''}"[:300]
+        if not device_usable(device):
+            LOST_CONTEXT.append(f"{row['table']} row {json.dumps({k: row[k] for k in row if k in KEYS})}: "
+                                f"{row['error']}")
+    finally:
+        peak_reset(device)
+    return row
+
+
+KEYS = ("impl", "retriever", "lm", "B", "G", "dtype")
+"""What names a row in messages."""
+
+
 def timed(fn, device, reps: int, warmup: int) -> float:
     """Median milliseconds of `fn` over `reps` runs after `warmup` runs."""
     for _ in range(warmup):
@@ -98,10 +151,12 @@ def timed(fn, device, reps: int, warmup: int) -> float:
 
 # ---------------------------------------------------------------------------------------------- step table
 
-def random_groups(G: int, B: int, L: int, vocab: int, device, seed: int = 0) -> dict:
-    """G groups of B chunks: LM and retriever inputs with a quarter of the chunks ending in padding."""
+def random_groups(G: int, B: int, L: int, retriever_vocab: int, lm_vocab: int, device, seed: int = 0) -> dict:
+    """G groups of B chunks with a quarter of them ending in padding: the retriever's views in ids of its vocabulary,
+    the LM's input in ids of the LM's (two tokenizers; an id past a model's vocabulary is a CUDA device-side assert)."""
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, vocab, (G, B, L), generator=g)
+    ids = torch.randint(3, retriever_vocab, (G, B, L), generator=g)
+    lm_ids = torch.randint(3, lm_vocab, (G, B, L), generator=g)
     mask = torch.ones(G, B, L, dtype=torch.long)
     lengths = torch.randint(L // 2, L, (G, B), generator=g)
     short = torch.rand(G, B, generator=g) < 0.25
@@ -109,7 +164,7 @@ def random_groups(G: int, B: int, L: int, vocab: int, device, seed: int = 0) -> 
     half = mask.clone()
     half[..., L // 2:] = 0
     batch = {"query_input_ids": ids, "query_attention_mask": half, "passage_input_ids": ids,
-             "passage_attention_mask": mask, "lm_input_ids": ids, "lm_attention_mask": mask}
+             "passage_attention_mask": mask, "lm_input_ids": lm_ids, "lm_attention_mask": mask}
     return {k: v.to(device) for k, v in batch.items()} | {"is_code": torch.zeros(G, dtype=torch.long)}
 
 
@@ -137,13 +192,13 @@ def step_rows(retriever: str, lm: str, B: int, groups: tuple[int, ...], L: int, 
     from revela.model import group_lm_loss
     from revela.train.loop import Trainer
 
-    for G in groups:
-        row = {"table": "step", "retriever": retriever, "lm": lm, "B": B, "G": G, "L": L, "device": device_name(device)}
+    def measure(row):
+        G = row["G"]
+        base = peak_reset(device)
         try:
-            base = peak_reset(device)
             model = build_revela(retriever, lm, L, device, lora_r, backend)
             trainer = Trainer(model, TrainConfig(max_steps=10**6, warmup_steps=0, precision="auto"), device)
-            batch = random_groups(G, B, L, model.lm.config.vocab_size, device)
+            batch = random_groups(G, B, L, config_of(retriever).vocab_size, model.lm.config.vocab_size, device)
             ms = timed(lambda: trainer.train_step([batch], measure=False), device, reps, warmup)
             row.update(revela_ms=ms, revela_peak_gib=peak_gib(device, base))
             trainer.check_finite()
@@ -171,12 +226,12 @@ def step_rows(retriever: str, lm: str, B: int, groups: tuple[int, ...], L: int, 
             row.update(plain_ms=ms_plain, plain_peak_gib=peak_gib(device, base),
                        ratio=row["revela_ms"] / ms_plain, groups_per_s=G / (row["revela_ms"] / 1000),
                        tokens_per_s=tokens / (row["revela_ms"] / 1000))
-        except torch.OutOfMemoryError:
-            row["error"] = "out of memory"
         finally:
             model = trainer = optimizer = lm_model = batch = None  # noqa: F841 (free before the next case)
-            peak_reset(device)
-        yield row
+
+    for G in groups:
+        row = {"table": "step", "retriever": retriever, "lm": lm, "B": B, "G": G, "L": L, "device": device_name(device)}
+        yield measured(row, measure, device)
 
 
 # ---------------------------------------------------------------------------------------------- attention table
@@ -204,9 +259,7 @@ def attention_rows(batches, device, dtype, reps: int, warmup: int, H=14, Hkv=2, 
     for B in batches:
         g = torch.Generator(device=device).manual_seed(0)
         for name, fn in impls.items():
-            row = {"table": "attention", "impl": name, "B": B, "H": H, "Hkv": Hkv, "L": L, "d": d,
-                   "dtype": str(dtype).removeprefix("torch."), "device": device_name(device)}
-            try:
+            def measure(row, fn=fn, B=B, g=g):
                 q = torch.randn(B, H, L, d, device=device, dtype=dtype, generator=g).requires_grad_(True)
                 k = torch.randn(B, Hkv, L, d, device=device, dtype=dtype, generator=g).requires_grad_(True)
                 v = torch.randn(B, Hkv, L, d, device=device, dtype=dtype, generator=g).requires_grad_(True)
@@ -220,47 +273,63 @@ def attention_rows(batches, device, dtype, reps: int, warmup: int, H=14, Hkv=2, 
                     out.float().square().mean().backward()
                     q.grad = k.grad = v.grad = w.grad = None
 
-                row["ms"] = timed(run, device, reps, warmup)
-                row["peak_gib"] = peak_gib(device, base)
-            except torch.OutOfMemoryError:
-                row["error"] = "out of memory"
-            finally:
-                q = k = v = w = mask = None  # noqa: F841
-                peak_reset(device)
-            yield row
+                try:
+                    row["ms"] = timed(run, device, reps, warmup)
+                    row["peak_gib"] = peak_gib(device, base)
+                finally:
+                    q = k = v = w = mask = None  # noqa: F841
+
+            row = {"table": "attention", "impl": name, "B": B, "H": H, "Hkv": Hkv, "L": L, "d": d,
+                   "dtype": str(dtype).removeprefix("torch."), "device": device_name(device)}
+            yield measured(row, measure, device)
 
 
 # ---------------------------------------------------------------------------------------------- agreement
 
 def agreement_rows(device, smoke: bool):
-    """The fused kernels against the fp64 oracle at training shapes: relative error of values and gradients."""
+    """The fused kernels against the fp64 oracle at training shapes: relative error of values and gradients. The
+    last case is what the LM hands in under autocast: fp32 queries and keys (rotary embedding) with half-precision
+    values, computed in the autocast dtype."""
     from oracle import plain_inbatch_attention
     from revela.attention import inbatch_attention
 
+    # Triton 3.9's interpreter multiplies bf16 tiles wrongly, so the CPU smoke checks the 16-bit path in fp16
+    half = torch.float16 if smoke else torch.bfloat16
     shapes = [(1, 4, 4, 2, 19, 16)] if smoke else [(1, 16, 14, 2, 160, 64), (2, 16, 9, 3, 157, 64),
                                                     (1, 8, 4, 1, 96, 256)]
-    dtypes = [torch.float32] if smoke else [torch.bfloat16, torch.float32]
-    for (G, B, H, Hkv, L, d), dtype in [(s, t) for s in shapes for t in dtypes]:
-        g = torch.Generator().manual_seed(0)
-        q, k, v = (torch.randn(G * B, h, L, d, generator=g).to(device, dtype).requires_grad_(True)
-                   for h in (H, Hkv, Hkv))
-        w = torch.randn(G, B, B, generator=g).softmax(-1).to(device).requires_grad_(True)
-        lengths = torch.randint(L // 2, L + 1, (G * B,), generator=g)
-        mask = (torch.arange(L)[None] < lengths[:, None]).to(device)
-        flags = torch.tensor([n % 2 == 0 for n in range(G)])
-        out = inbatch_attention(q, k, v, w, mask, v_norm=flags.to(device) if G > 1 else True, backend="triton")
-        ref = torch.cat([plain_inbatch_attention(q[n * B:(n + 1) * B].double(), k[n * B:(n + 1) * B].double(),
-                                                 v[n * B:(n + 1) * B].double(), w[n].double(),
-                                                 mask[n * B:(n + 1) * B], v_norm=bool(flags[n]) or G == 1)
-                         for n in range(G)])
-        go = torch.randn(ref.shape, generator=g).to(device)
-        got = torch.autograd.grad((out.double() * go).sum(), (q, k, v, w))
-        exp = torch.autograd.grad((ref * go).sum(), (q, k, v, w))
-        row = {"table": "agreement", "G": G, "B": B, "H": H, "Hkv": Hkv, "L": L, "d": d,
-               "dtype": str(dtype).removeprefix("torch."), "device": device_name(device),
-               "out": float((out.double() - ref).norm() / ref.norm())}
-        row.update({f"grad_{n}": float((a.double() - b).norm() / b.norm()) for n, a, b in zip("qkvw", got, exp)})
-        yield row
+    plain = [torch.float32] if smoke else [half, torch.float32]
+    cases = [(shape, (t, t, t), None) for shape in shapes for t in plain]
+    cases.append((shapes[0], (torch.float32, torch.float32, half), half))
+    for (G, B, H, Hkv, L, d), dtypes, autocast in cases:
+        def measure(row, G=G, B=B, H=H, Hkv=Hkv, L=L, d=d, dtypes=dtypes, autocast=autocast):
+            g = torch.Generator().manual_seed(0)
+            q, k, v = (torch.randn(G * B, h, L, d, generator=g).to(device, t).requires_grad_(True)
+                       for h, t in zip((H, Hkv, Hkv), dtypes))
+            w = torch.randn(G, B, B, generator=g).softmax(-1).to(device).requires_grad_(True)
+            lengths = torch.randint(L // 2, L + 1, (G * B,), generator=g)
+            mask = (torch.arange(L)[None] < lengths[:, None]).to(device)
+            flags = torch.tensor([n % 2 == 0 for n in range(G)])
+            with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                out = inbatch_attention(q, k, v, w, mask, v_norm=flags.to(device) if G > 1 else True,
+                                        backend="triton")
+            ref = torch.cat([plain_inbatch_attention(q[n * B:(n + 1) * B].double(), k[n * B:(n + 1) * B].double(),
+                                                     v[n * B:(n + 1) * B].double(), w[n].double(),
+                                                     mask[n * B:(n + 1) * B], v_norm=bool(flags[n]) or G == 1)
+                             for n in range(G)])
+            go = torch.randn(ref.shape, generator=g).to(device)
+            got = torch.autograd.grad((out.double() * go).sum(), (q, k, v, w))
+            exp = torch.autograd.grad((ref * go).sum(), (q, k, v, w))
+            row["out_dtype"] = str(out.dtype).removeprefix("torch.")
+            row["out"] = float((out.detach().double() - ref.detach()).norm() / ref.detach().norm())
+            row.update({f"grad_{n}": float((a.double() - b).norm() / b.norm()) for n, a, b in zip("qkvw", got, exp)})
+
+        names = [str(t).removeprefix("torch.") for t in dtypes]
+        label = names[0] if len(set(names)) == 1 else "/".join(names)
+        if autocast is not None:
+            label += f" autocast {str(autocast).removeprefix('torch.')}"
+        row = {"table": "agreement", "G": G, "B": B, "H": H, "Hkv": Hkv, "L": L, "d": d, "dtype": label,
+               "device": device_name(device)}
+        yield measured(row, measure, device)
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -276,8 +345,10 @@ def markdown(rows: list[dict]) -> str:
         lines += ["| G | B | H/Hkv | L | d | dtype | out | grad q | grad k | grad v | grad w |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in agreement:
-            errs = " | ".join(f"{r[key]:.1e}" for key in ("out", "grad_q", "grad_k", "grad_v", "grad_w"))
-            lines.append(f"| {r['G']} | {r['B']} | {r['H']}/{r['Hkv']} | {r['L']} | {r['d']} | {r['dtype']} | {errs} |")
+            errs = " | ".join("–" if key not in r else f"{r[key]:.1e}"
+                              for key in ("out", "grad_q", "grad_k", "grad_v", "grad_w"))
+            lines.append(f"| {r['G']} | {r['B']} | {r['H']}/{r['Hkv']} | {r['L']} | {r['d']} | {r['dtype']} | {errs} |"
+                         + (f" {r['error']}" if "error" in r else ""))
         lines.append("")
     attention = [r for r in rows if r["table"] == "attention"]
     if attention:
@@ -338,7 +409,10 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=256)
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"],
                         help="in-batch attention inside the step")
-    parser.add_argument("--out", type=Path, help="write all rows as JSON (and a PNG of the step table beside it)")
+    parser.add_argument("--lm", nargs="+", choices=sorted({case[1] for case in STEP_CASES + SMOKE_CASES}),
+                        help="only the step rows with these LMs (default: all)")
+    parser.add_argument("--out", type=Path, help="write all rows as JSON, after every row (and a PNG of the step "
+                                                 "table beside it at the end)")
     parser.add_argument("--plot", type=Path, metavar="JSON", help="only draw the PNG of a saved run")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU, 1 rep: checks the script")
     args = parser.parse_args()
@@ -348,32 +422,37 @@ def main() -> None:
         print(markdown(rows))
         return
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
-    cases, batches, L, dtype = STEP_CASES, args.batch, args.L, torch.bfloat16
+    cases, batches, L = STEP_CASES, args.batch, args.L
     if args.smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # kernels run on the CPU in Triton's interpreter
-        cases, batches, L, dtype = SMOKE_CASES, [4], 16, torch.float32
+        cases, batches, L = SMOKE_CASES, [4], 16
         args.reps, args.warmup, args.lora_r = 1, 1, 4
+    if args.lm:
+        cases = [case for case in cases if case[1] in args.lm]
     rows = []
+
+    def record(row):
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"argv": sys.argv[1:], "torch": torch.__version__, "rows": rows}, indent=1))
+
     if "agreement" in args.tables:
         for row in agreement_rows(device, args.smoke):
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-    if "attention" in args.tables:
-        for row in attention_rows(batches, device, dtype, args.reps, args.warmup, L=L, d=16 if args.smoke else 64):
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            record(row)
+    if "attention" in args.tables:  # bf16 on the CPU too: only the fused kernels need a GPU for it
+        for row in attention_rows(batches, device, torch.bfloat16, args.reps, args.warmup, L=L,
+                                  d=16 if args.smoke else 64):
+            record(row)
     if "step" in args.tables:
         for retriever, lm, B, groups in cases:
             for row in step_rows(retriever, lm, B, groups, L, device, args.reps, args.warmup, args.lora_r,
                                  args.backend):
-                print(json.dumps(row), flush=True)
-                rows.append(row)
+                record(row)
     print(markdown(rows))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"argv": sys.argv[1:], "torch": torch.__version__, "rows": rows}, indent=1))
-        if any(r["table"] == "step" and "groups_per_s" in r for r in rows):
-            plot(rows, args.out.with_suffix(".png"))
+    if args.out and any(r["table"] == "step" and "groups_per_s" in r for r in rows):
+        plot(rows, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

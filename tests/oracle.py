@@ -19,4 +19,4 @@ def plain_inbatch_attention(query, key, value, doc_weights, key_mask=None, v_nor
     if v_norm:
         n = torch.einsum("ijhlt,jht->ijhl", probs, value.norm(dim=-1))
         b = b / (n[..., None] + 1e-6)
-    return torch.einsum("ij,ijhld->ihld", doc_weights, b)
+    return torch.einsum("ij,ijhld->ihld", doc_weights.to(b.dtype), b)  # fp32 weights next to bf16 values

@@ -122,3 +122,63 @@ def test_kernels_compile_for_hopper_within_shared_memory():
     shared = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(shared) == {"_forward_kernel", "_backward_query_kernel", "_backward_key_kernel"}
     assert all(0 < size <= 227 * 1024 for size in shared.values()), shared
+
+
+def test_under_autocast_mixed_query_key_value_dtypes_compute_in_the_autocast_dtype():
+    """What the LM hands in under autocast: fp32 queries/keys (its rotary embedding follows the fp32 residual
+    stream) next to half-precision values. Both backends compute in the autocast dtype, as SDPA does."""
+    q, k, v, w, mask = grouped_inputs(G=1, B=4, H=2, Hkv=1, L=24, d=32, dtype=torch.float32)
+    v = v.detach().to(HALF).requires_grad_(True)
+    ref = oracle(q, k, v, w, mask, (True,))
+    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    ref_grads = torch.autograd.grad((ref * g.double()).sum(), (q, k, v, w))
+    for backend in ("triton", "torch"):
+        with torch.autocast(DEVICE, dtype=HALF):
+            got = inbatch_attention(q, k, v, w, mask, v_norm=True, backend=backend)
+        assert got.dtype == HALF, backend
+        assert rel(got, ref) < 2e-2, (backend, rel(got, ref))
+        grads = torch.autograd.grad((got.float() * g).sum(), (q, k, v, w))
+        assert [t.dtype for t in grads] == [torch.float32, torch.float32, HALF, torch.float32], backend
+        for name, a, b in zip("qkvw", grads, ref_grads):
+            assert rel(a, b) < 5e-2, (backend, name, rel(a, b))
+
+
+def test_outside_autocast_mixed_dtypes_are_promoted_to_one():
+    q, k, v, w, mask = grouped_inputs(G=1, B=3, H=2, Hkv=1, L=9, d=16, dtype=torch.float32)
+    v = v.detach().to(torch.float16).requires_grad_(True)
+    got = inbatch_attention(q, k, v, w, mask, v_norm=True, backend="triton")
+    assert got.dtype == torch.float32
+    assert rel(got, oracle(q, k, v, w, mask, (True,))) < 1e-5
+    assert torch.autograd.grad(got.sum(), v)[0].dtype == torch.float16
+
+
+def test_tiny_llama_training_step_under_autocast_with_the_fused_kernels_matches_the_torch_path():
+    """One training step of a tiny Llama RevelaModel under autocast (the default GPU setting, here fp16 on the CPU):
+    the fused backend's loss and gradients agree with the blockwise torch backend's under the same autocast, and
+    both with the fp32 step."""
+    from tiny import random_batch, tiny_revela
+
+    batch = {k: t.to(DEVICE) for k, t in random_batch(B=4, L=12).items()}
+
+    def step(backend, autocast):
+        torch.manual_seed(0)
+        model = tiny_revela("llama", overrides={"objective": {"temperature": 0.05, "inbatch_backend": backend}})
+        model.to(DEVICE)
+        with torch.autocast(DEVICE, dtype=HALF, enabled=autocast):
+            loss = model(batch).loss
+        loss.backward()
+        grads = {n: p.grad.detach().double().clone() for n, p in model.named_parameters() if p.grad is not None}
+        return float(loss), grads
+
+    fused_loss, fused = step("triton", True)
+    torch_loss, torch_grads = step("torch", True)
+    exact_loss, exact = step("torch", False)
+    assert abs(fused_loss - torch_loss) < 1e-3 * torch_loss and abs(fused_loss - exact_loss) < 1e-3 * exact_loss
+    assert fused.keys() == torch_grads.keys() and any(n.startswith("retriever.") for n in fused)
+    flat = {name: torch.cat([g[n].flatten() for n in sorted(g)]) for name, g in
+            (("fused", fused), ("torch", torch_grads), ("exact", exact))}
+    assert rel(flat["fused"], flat["torch"]) < 1e-2 and rel(flat["fused"], flat["exact"]) < 2e-2
+    for part in ("retriever.", "lm."):  # the retriever's gradient comes only through in-batch attention
+        sub = {k: torch.cat([g[n].flatten() for n in sorted(g) if n.startswith(part)]) for k, g in
+               (("fused", fused), ("torch", torch_grads))}
+        assert rel(sub["fused"], sub["torch"]) < 1e-2, (part, rel(sub["fused"], sub["torch"]))

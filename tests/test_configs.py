@@ -87,3 +87,23 @@ def test_gpu_configs_train_the_lora_retriever_at_the_lm_rate():
     for name in ("gpu-offline.yaml", "paper.yaml"):
         cfg = load_config(RunConfig, Path(__file__).resolve().parents[1] / "jobs" / "configs" / name)
         assert cfg.model.retriever.finetune == "lora" and cfg.train.retriever_lr is None, name
+
+
+# Peak GPU memory tracks chunks per forward (groups_per_forward x group_size). Measured on an H200 with
+# bench/bench_step.py (issue 17; SmolLM2-135M retriever and LM, LoRA r=256, L=160, bf16): 64 chunks 53.1 GiB (B=16 G=4)
+# and 54.1 GiB (B=64 G=1); 128 chunks 102-107 GiB. An 80 GB card holds 64 chunks with room to spare, not 128.
+CHUNKS_PER_FORWARD_80GB = 64
+
+
+def test_shipped_gpu_configs_fit_80gb_cards_by_the_measured_chunks_per_forward(tmp_path):
+    from revela.tuning.config import base_run_dict, load_sweep
+    from revela.tuning.grid import expand
+
+    root = Path(__file__).resolve().parents[1] / "jobs"
+    for name in ("gpu-offline.yaml", "paper.yaml"):
+        cfg = load_config(RunConfig, root / "configs" / name)
+        assert cfg.train.groups_per_forward * cfg.data.group_size <= CHUNKS_PER_FORWARD_80GB, name
+    sweep, base_dir = load_sweep(root / "sweeps" / "paper-batch-size.yaml")
+    for trial in expand(sweep, base_run_dict(sweep, base_dir), tmp_path):
+        chunks = trial.run["train"]["groups_per_forward"] * trial.run["data"]["group_size"]
+        assert chunks <= CHUNKS_PER_FORWARD_80GB, trial.name

@@ -79,6 +79,22 @@ def test_budgets_in_steps_and_tokens(tmp_path):
         plan(write_sweep(tmp_path), tmp_path / "sw", ["budget.chunks=10"])  # B=8 x 4 groups = 32 per step
 
 
+def test_chunks_per_forward_sizes_groups_per_forward_for_each_group_size_and_the_budget_follows(tmp_path):
+    """GPU memory tracks chunks per forward: a fixed G sized for B=4 would overflow at B=32."""
+    _, fixed = plan(write_sweep(tmp_path, **{"axes.group_size": [4, 8, 16, 32], "budget": {"chunks": 4096}}),
+                    tmp_path / "sw")
+    assert {t.run["train"]["groups_per_forward"] for t in fixed} == {1}  # unset: the base config's G
+    path = write_sweep(tmp_path, **{"axes.group_size": [4, 8, 16, 32], "chunks_per_forward": 64,
+                                    "budget": {"chunks": 4096}})
+    _, trials = plan(path, tmp_path / "sw2")
+    for t in trials:
+        B, G = t.params["group_size"], t.run["train"]["groups_per_forward"]
+        assert (B, G) in {(4, 16), (8, 8), (16, 4), (32, 2)}
+        assert t.run["train"]["max_steps"] == 4096 // (64 * 2 * 2)  # 64 chunks x 2 workers x 2 accum per step
+    _, steps = plan(path, tmp_path / "sw3", ["budget.chunks=null", "budget.steps=5"])
+    assert {t.run["train"]["max_steps"] for t in steps} == {5}
+
+
 @pytest.mark.parametrize("change, message", [
     ({"axes.group_size": [1, 4]}, r"axes\.group_size"),
     ({"budget": {"steps": 3, "chunks": 9}}, "exactly one of steps, chunks or tokens"),

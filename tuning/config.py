@@ -148,6 +148,11 @@ class SweepConfig(StrictModel):
     budget: Budget
     checkpoints: int = Field(2, ge=1)
     """Evenly spaced checkpoints (each scored on the dev sets) per trial, whatever its step count."""
+    chunks_per_forward: int | None = Field(None, ge=1)
+    """None: every cell keeps the base config's train.groups_per_forward. Set: each cell runs
+    G = max(1, chunks_per_forward // B) groups per forward, so every forward holds about the same number of chunks
+    whatever B. GPU memory tracks chunks per forward (docs/gpu.md), so a fixed G sized for the smallest B runs out of
+    memory at the largest; with this the budget's steps follow G as well (chunks per step = G x B x workers x accum)."""
     scheduler: Scheduler = Scheduler()
     storage_path: str = "runs/sweeps"
     ray_address: str | None = None

@@ -89,6 +89,8 @@ def expand(sweep: SweepConfig, base: dict, sweep_dir: Path) -> list[Trial]:
                 run = deep_merge(run, choice.run)
                 run["model"][part]["name"] = model_location(choice, sweep_dir)
         run["data"]["group_size"] = group_size
+        if sweep.chunks_per_forward:
+            run["train"]["groups_per_forward"] = max(1, sweep.chunks_per_forward // group_size)
         for value, section, key in ((grouping, "data", "grouping"), (seed, "train", "seed"), (lr, "train", "lr")):
             if value is not None:
                 run[section][key] = value

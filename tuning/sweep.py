@@ -56,6 +56,8 @@ class SweepResourceError(RuntimeError):
 def sweep_hash(sweep: SweepConfig, base: dict) -> str:
     """What makes two sweeps the same: the grid, the budget, the dev sets and every trial's base settings."""
     data = sweep.model_dump(exclude={"storage_path", "ray_address", "max_concurrent_trials", "max_trial_failures"})
+    if data["chunks_per_forward"] is None:  # unset: the same hash as before the setting existed
+        del data["chunks_per_forward"]
     return hashlib.sha256(json.dumps({"sweep": data, "base": base}, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -44,6 +44,7 @@ def inbatch_attention(
     scaling defaults to 1/sqrt(d). Returns [G*B, H, L, d]. With V-norm, b_ij is divided by
     (softmax(q_i k_j^T) . ||v_j||_2 + 1e-6), per head and query token. `chunk_size` (chunks j per block) only
     concerns the torch path; `backend="auto"` takes the fused kernels on CUDA when Triton is installed.
+    Query, key and value are computed in one dtype, `compute_dtype`, which is also the output's.
     """
     weights = doc_weights if doc_weights.dim() == 3 else doc_weights.unsqueeze(0)
     N, H, L, d = query.shape
@@ -65,12 +66,26 @@ def inbatch_attention(
     if torch.is_tensor(v_norm) and v_norm.shape != (G,):
         raise ValueError(f"v_norm must be a bool or one flag per group ([{G}]), got {tuple(v_norm.shape)}")
     scaling = 1.0 / math.sqrt(d) if scaling is None else scaling
+    dtype = compute_dtype(query, key, value)
+    query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)  # differentiable: grads keep each input's dtype
     if resolve_backend(backend, query) == "triton":
         from revela.attention_triton import fused_inbatch_attention
 
         return fused_inbatch_attention(query, key, value, weights, key_mask, v_norm, scaling)
     flags = torch.as_tensor(v_norm, dtype=torch.bool, device=query.device).reshape(-1).expand(G)
     return _blockwise(query, key, value, weights, key_mask, flags, scaling, chunk_size)
+
+
+def compute_dtype(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.dtype:
+    """The one dtype in-batch attention computes and returns in, whichever backend: under autocast (for the
+    inputs' device type) the autocast dtype, what SDPA gets next to it (the LM's rotary embedding returns fp32
+    queries and keys under autocast while values stay in the autocast dtype); outside autocast the promoted dtype
+    of the three. As under autocast, fp64 inputs are never cast down."""
+    dtypes = (query.dtype, key.dtype, value.dtype)
+    device_type = query.device.type
+    if torch.is_autocast_enabled(device_type) and torch.float64 not in dtypes:
+        return torch.get_autocast_dtype(device_type)
+    return torch.promote_types(torch.promote_types(dtypes[0], dtypes[1]), dtypes[2])
 
 
 def resolve_backend(backend: Backend, query: torch.Tensor) -> str:

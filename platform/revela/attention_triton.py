@@ -32,7 +32,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from revela.attention import V_NORM_EPS
+from revela.attention import V_NORM_EPS, compute_dtype
 
 LOG2E = 1.4426950408889634
 
@@ -341,10 +341,14 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def fused_inbatch_attention(query, key, value, doc_weights, key_mask, v_norm, scaling: float) -> torch.Tensor:
-    """Inputs as checked by revela.attention.inbatch_attention (doc_weights [G, B, B]); v_norm a bool or [G] flags."""
-    if query.dtype not in SUPPORTED_DTYPES or key.dtype != query.dtype or value.dtype != query.dtype:
-        raise ValueError(f"the Triton in-batch attention takes fp16, bf16 or fp32 query/key/value of one dtype, "
-                         f"got {query.dtype}/{key.dtype}/{value.dtype}")
+    """Inputs as checked by revela.attention.inbatch_attention (doc_weights [G, B, B]); v_norm a bool or [G] flags.
+    Query, key and value are cast to revela.attention.compute_dtype (the autocast dtype under autocast, else their
+    promoted dtype); the output is in that dtype, each gradient in its input's own dtype."""
+    dtype = compute_dtype(query, key, value)
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"the Triton in-batch attention computes in fp16, bf16 or fp32, got {query.dtype}/"
+                         f"{key.dtype}/{value.dtype}; use backend='torch' for {dtype}")
+    query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     N, H, L, _ = query.shape
     if N * H * doc_weights.shape[1] * max(L, key.shape[2]) >= 2**31:
         raise ValueError("too many chunks x heads x tokens for 32-bit offsets: use fewer groups per forward")

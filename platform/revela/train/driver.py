@@ -10,19 +10,21 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Literal
 
 import ray
 import ray.train
-from ray.train.torch import TorchTrainer
 
 from revela.config import RunConfig
 from revela.configbase import check_safe_name
 from revela.train.preflight import check_run_inputs
 from revela.train.resume import repair_snapshot
-from revela.train.ray_setup import QUIET_ENV, local_ray_options, quiet_libraries, state_api_env, train_logging
+from revela.train.ray_setup import (NO_STATE_API_ENV, QUIET_ENV, TorchTrainer, local_ray_options,
+                                    missing_dashboard_packages, no_dashboard_notice, quiet_libraries, state_api_env,
+                                    train_logging)
 from revela.train.worker import METRICS_FILE, STATUS_FILE, train_worker
 
 RUN_FILE = "revela_run.json"
@@ -71,7 +73,11 @@ def ensure_ray(address: str | None) -> None:
         # Logical CPUs above the physical count: on small machines Ray Data's tasks otherwise never get a CPU
         # next to the Train workers and the run hangs (measured on 2 cores). The dashboard serves the State API
         # that Train's controller polls (and the Train page); see revela.train.ray_setup.
-        dashboard, env = local_ray_options()
+        missing = missing_dashboard_packages()
+        if missing:
+            print(no_dashboard_notice(missing), file=sys.stderr, flush=True)
+            os.environ.update(NO_STATE_API_ENV)  # read here, where the trainer is built
+        dashboard, env = local_ray_options(missing=missing)
         runtime_env["env_vars"].update(env)
         ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), runtime_env=runtime_env, **dashboard)
 

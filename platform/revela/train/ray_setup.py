@@ -7,6 +7,15 @@
   told where the API server is (`RAY_API_SERVER_ADDRESS`) or which cluster it belongs to (`RAY_ADDRESS`).
   On one machine nothing is preempted, so the embedded Ray also leaves out Train's preemption watcher (whose
   creation logs a core-worker error line about restartable actors).
+- Where Ray's dashboard packages are absent (`pip install "ray[train,tune]"` has no aiohttp_cors, opencensus, ...),
+  the dashboard cannot start (`ray.init(include_dashboard=True)` raises) and there is no State API. Ray's own check
+  (`ray._private.utils.get_dashboard_dependency_error`) runs before `ray.init`; the embedded Ray then starts without
+  the dashboard and says so in one line, Train's state tracking is switched off (`RAY_TRAIN_ENABLE_STATE_TRACKING=0`,
+  Ray's switch for the TrainStateActor) and the trainer leaves out the PlacementGroupCleaner. Ray 2.60 has no
+  switch for that one: without a State API its liveness query of the controller times out after 40 s with an
+  RpcError that kills its monitor thread (a traceback), and stopping it at the end of the run times out with
+  another. It removes a dead controller's placement group, which an embedded Ray removes anyway when the driver
+  that owns it exits.
 - Ray Train logs every `ray.train.report` as "Reporting training result ... TrainingReport(...)" at INFO; the run's
   `LoggingConfig` sets Ray Train's console level (WARNING unless verbose). Its system log files keep everything.
 - Model-loading progress bars are off (`HF_HUB_DISABLE_PROGRESS_BARS`, read by transformers too), and so are two
@@ -22,11 +31,17 @@ import os
 import socket
 import warnings
 
+import ray.train.torch
+
 LIBRARY_DEPRECATION = "`is_gradient_checkpointing` is deprecated"  # peft 0.21 reading transformers 5's old name
 QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1",
              "PYTHONWARNINGS": f"ignore::DeprecationWarning,ignore:{LIBRARY_DEPRECATION}:FutureWarning"}
 """Environment for every process of a run (a value already set wins)."""
 LOCAL_ONLY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+STATE_API_FLAG = "REVELA_RAY_STATE_API"
+NO_STATE_API_ENV = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "0", STATE_API_FLAG: "0"}
+"""Environment of a run whose Ray has no State API (this process and every actor of the job, Tune trials included)."""
+DASHBOARD_INSTALL = 'pip install "ray[default]"'
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -45,9 +60,26 @@ def state_api_env(address: str | None) -> dict[str, str]:
     return {"RAY_ADDRESS": address}
 
 
-def local_ray_options(host: str = "127.0.0.1") -> tuple[dict, dict[str, str]]:
+def missing_dashboard_packages() -> str | None:
+    """Why Ray's dashboard cannot start here, in Ray's own words (its check imports what the dashboard's API server
+    needs, e.g. "No module named 'aiohttp_cors'"), or None when it can."""
+    from ray._private.utils import get_dashboard_dependency_error
+
+    error = get_dashboard_dependency_error()
+    return None if error is None else str(error)
+
+
+def no_dashboard_notice(missing: str) -> str:
+    return (f"Ray's dashboard packages are missing ({missing}): Ray starts without its dashboard, so there is no "
+            f"Train page and no State API; {DASHBOARD_INSTALL} adds them")
+
+
+def local_ray_options(host: str = "127.0.0.1", missing: str | None = None) -> tuple[dict, dict[str, str]]:
     """ray.init keyword arguments for an embedded local Ray with its dashboard on a free loopback port, and the
-    environment its actors need to reach that dashboard's State API."""
+    environment its actors need to reach that dashboard's State API; without the dashboard (`missing` says which
+    packages are absent), the environment that keeps Train's State API clients from starting."""
+    if missing:
+        return {"include_dashboard": False}, {**NO_STATE_API_ENV, **LOCAL_ONLY_ENV}
     port = free_port(host)
     options = {"include_dashboard": True, "dashboard_host": host, "dashboard_port": port}
     return options, {**state_api_env(f"http://{host}:{port}"), **LOCAL_ONLY_ENV}
@@ -83,3 +115,17 @@ def follow_train_log_level() -> None:
     except (ImportError, AttributeError, RuntimeError, AssertionError):  # another Ray layout: nothing to align
         return
     logging.getLogger(train_context.__file__).setLevel(level)
+
+
+def state_api_available() -> bool:
+    return os.environ.get(STATE_API_FLAG) != "0"
+
+
+class TorchTrainer(ray.train.torch.TorchTrainer):
+    """Ray Train's TorchTrainer, less the PlacementGroupCleaner where the run's Ray has no State API."""
+
+    def _create_default_callbacks(self):
+        callbacks = super()._create_default_callbacks()
+        if state_api_available():
+            return callbacks
+        return [c for c in callbacks if type(c).__name__ != "PlacementGroupCleanerCallback"]
