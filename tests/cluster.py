@@ -3,10 +3,10 @@
 `ray start --address` refuses to add a node while `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` (what keeps every Ray
 socket on 127.0.0.1, scripts/env.sh), and without it Ray binds to the machine's external address. So the nodes are
 started the way Ray's own multi-node tests start them, `ray.cluster_utils.Cluster`: a head node (resource `node_a`,
-with the dashboard for `ray job submit`) and a worker node (`node_b`), each with one `trainer` slot (a custom
-resource), each a real raylet with its own object store and worker processes, both registered at 127.0.0.1. Killing
-a node kills its raylet and every worker on it; nothing else on the machine is touched (never `ray stop`). Ray's temp
-dir is a private short folder, so the cluster's address file never points another process's `ray.init()` here.
+with the dashboard for `ray job submit`) and a worker node (`node_b`), each a real raylet with its own object store
+and worker processes, both registered at 127.0.0.1, each with a label `revela-node=a|b`. Killing a node kills its
+raylet and every worker on it; nothing else on the machine is touched (never `ray stop`). Ray's temp dir is a private
+short folder, so the cluster's address file never points another process's `ray.init()` here.
 """
 
 from __future__ import annotations
@@ -59,22 +59,21 @@ class TwoNodeCluster:
         os.environ["RAY_TMPDIR"] = self.tmpdir
         os.environ["PATH"] = f"{BIN}:{os.environ['PATH']}"  # a submitted job's `python` is the project's
         self.cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": self.head_cpus, "resources": {"node_a": 1, "trainer": 1}, "labels": {"revela-node": "a"},
+            "num_cpus": self.head_cpus, "resources": {"node_a": 1}, "labels": {"revela-node": "a"},
             "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": self.dashboard_port,
             "object_store_memory": 300 * 2**20})
         self.add_node_b()
         self._wait_for_dashboard()
         return self
 
-    def add_node(self, name: str, cpus: float, env: dict[str, str] | None = None, trainer: bool = False):
-        """Another worker node with resource `{name: 1}` (and `trainer: 1`, a slot for one Train worker, when asked)
-        and label `revela-node=<last letter>`; env: its raylet's (and so its workers') extra environment."""
-        resources = {name: 1, **({"trainer": 1} if trainer else {})}
-        return self.cluster.add_node(num_cpus=cpus, resources=resources, labels={"revela-node": name[-1]},
+    def add_node(self, name: str, cpus: float, env: dict[str, str] | None = None):
+        """Another worker node with resource `{name: 1}` and label `revela-node=<last letter>`; env: its raylet's
+        (and so its workers') extra environment."""
+        return self.cluster.add_node(num_cpus=cpus, resources={name: 1}, labels={"revela-node": name[-1]},
                                      object_store_memory=200 * 2**20, env_vars=env)
 
     def add_node_b(self):
-        self.node_b = self.add_node("node_b", self.worker_cpus, trainer=True)
+        self.node_b = self.add_node("node_b", self.worker_cpus)
         self.cluster.wait_for_nodes()
         return self.node_b
 
