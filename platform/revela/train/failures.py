@@ -22,8 +22,10 @@ _NODE = re.compile(r"node_id='([0-9a-f]+)',\s*node_ip='([^']*)'")
 
 def lost_workers(error: BaseException) -> list[str]:
     """'rank R on node IP (id XXXXXXXX)' for every rank whose worker stopped answering (health check failed)."""
-    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
-
+    try:
+        from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+    except ImportError:  # another Ray layout: no one-line summary, the original error stands
+        return []
     lost = []
     for rank, failure in sorted(getattr(error, "worker_failures", {}).items()):
         if isinstance(failure, WorkerHealthCheckFailedError):
