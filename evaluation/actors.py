@@ -36,7 +36,7 @@ import os
 import time
 from pathlib import Path
 
-from revela.evaluation.beir import BeirDataset, load_beir
+from revela.evaluation.beir import BeirDataset, DatasetError, content_hash, load_beir
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +44,39 @@ EVAL_FILE = "revela_eval.json"
 _DATASETS: dict[tuple, BeirDataset] = {}
 
 
-def _dev_sets(datasets: list[str], split: str, max_queries: int | None, eval_dir: str | None) -> list[BeirDataset]:
+def dev_set_hashes(datasets: list[str], split: str = "test", eval_dir: str | None = None) -> dict[str, str]:
+    """Each dev set's content hash as this process sees it (suite sets built on first use): the driver hands them to
+    evaluation tasks, which refuse a dev set that is missing or different on their node."""
     from revela.evaluation.suite import resolve_dataset
+
+    return {d: content_hash(resolve_dataset(d, eval_dir), split) for d in datasets}
+
+
+def _dev_sets(datasets: list[str], split: str, max_queries: int | None, eval_dir: str | None,
+              expected: dict[str, str] | None = None) -> list[BeirDataset]:
+    from revela.evaluation.suite import resolve_dataset
+    from revela.train.storage import PREFIX, StorageNotSharedError, node_description
 
     out = []
     for d in datasets:
-        path = Path(resolve_dataset(d, eval_dir)).resolve()
+        try:
+            path = Path(resolve_dataset(d, eval_dir)).resolve()
+        except DatasetError as e:
+            if expected is None:
+                raise
+            raise StorageNotSharedError(f"{PREFIX} dev set {d!r} is not on {node_description()} ({e}); put dev sets "
+                                        "on a file system every node mounts, see docs/cluster.md") from None
         files = [path / "corpus.jsonl", path / "queries.jsonl", path / "qrels" / f"{split}.tsv"]
         key = (str(path), split, max_queries, tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in files))
         if key not in _DATASETS:
-            _DATASETS[key] = load_beir(path, split=split).subset(max_queries)
+            full = load_beir(path, split=split)
+            want = (expected or {}).get(d)
+            if want and full.content_hash != want:
+                raise StorageNotSharedError(
+                    f"{PREFIX} dev set {d!r} at {path} on {node_description()} is not the driver's (content "
+                    f"{full.content_hash[7:19]} here, {want[7:19]} there); put dev sets on a file system every node "
+                    "mounts, see docs/cluster.md")
+            _DATASETS[key] = full.subset(max_queries)
         out.append(_DATASETS[key])
     return out
 
@@ -62,7 +85,8 @@ def score_checkpoint(checkpoint_dir: str, datasets: list[str], *, split: str = "
                      max_queries: int | None = None, batch_size: int = 32, max_length: int | None = None,
                      passage_max_length: int | None = 512, k: int = 100, prefix: str = "dev",
                      eval_dir: str | None = None, record: bool = False,
-                     history_file: str | None = None) -> dict[str, float]:
+                     history_file: str | None = None, storage: dict | None = None,
+                     dev_hashes: dict[str, str] | None = None) -> dict[str, float]:
     """Flat metrics of the retriever in `checkpoint_dir` on `datasets` (directories or suite names).
 
     checkpoint_dir is a training checkpoint (revela_checkpoint.json + retriever/), an exported folder or a plain
@@ -70,14 +94,18 @@ def score_checkpoint(checkpoint_dir: str, datasets: list[str], *, split: str = "
     and passages at `passage_max_length` (None: as trained), as `revela evaluate` does. record=True also writes
     the full report and the flat metrics to `<checkpoint_dir>/revela_eval.json`, attaching the scores to the
     checkpoint itself.
+    storage (a run's marker, `revela.train.storage`) and dev_hashes (`dev_set_hashes` on the driver): refuse with
+    one line on a node that does not share the run folder or the dev sets.
     Raises `ModelLoadError` for a folder that is not a usable model.
     """
     from revela.evaluation.run import evaluate
+    from revela.train.storage import check_marker
 
     if not datasets:
         raise ValueError("score_checkpoint needs at least one dev dataset")
+    check_marker(storage, "evaluation task")
     start = time.perf_counter()
-    sets = _dev_sets(list(datasets), split, max_queries, eval_dir)
+    sets = _dev_sets(list(datasets), split, max_queries, eval_dir, dev_hashes)
     report = evaluate(str(checkpoint_dir), sets, None, split=split, batch_size=batch_size, max_length=max_length,
                       passage_max_length=passage_max_length, k=k, encoder="local", progress=False, show_table=False)
     flat: dict[str, float] = {}

@@ -66,7 +66,7 @@ def baseline_path(sweep_dir: Path, trial: Trial) -> Path:
     return sweep_dir / BASELINES_DIR / f"{trial.params['retriever']}-{digest}.json"
 
 
-def score_backbones(trials: list[Trial], sweep_dir: Path) -> dict[str, Path]:
+def score_backbones(trials: list[Trial], sweep_dir: Path, storage: dict | None = None) -> dict[str, Path]:
     """Dev scores of every untrained retriever backbone, on the trials' dev sets with the same query sample and
     truncation as their checkpoints; each scored by a Ray task with the evaluation resources, once per sweep.
     Returns trial name -> the JSON file holding its backbone's flat metrics."""
@@ -87,7 +87,8 @@ def score_backbones(trials: list[Trial], sweep_dir: Path) -> dict[str, Path]:
             task = ray.remote(score_checkpoint).options(num_cpus=ev["num_cpus"], num_gpus=ev["num_gpus"])
             ref = task.remote(trial.run["model"]["retriever"]["name"], list(ev["datasets"]),
                               max_queries=ev["max_queries"], batch_size=ev["batch_size"],
-                              max_length=ev["max_length"] or trial.run["model"]["retriever"]["max_length"])
+                              max_length=ev["max_length"] or trial.run["model"]["retriever"]["max_length"],
+                              storage=storage)  # derived backbones live in the sweep folder
             path_of[ref] = path
         for ref, path in path_of.items():
             metrics = ray.get(ref)

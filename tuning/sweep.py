@@ -190,7 +190,8 @@ def write_plan(sweep_dir: Path, digest: str, sweep: SweepConfig, base: dict, tri
     write_json(sweep_dir / SWEEP_FILE, {**portable(plan, sweep_dir), FOLDER_KEY: str(sweep_dir)})
 
 
-def make_tuner(sweep: SweepConfig, sweep_dir: Path, trials: list[Trial], concurrency: int):
+def make_tuner(sweep: SweepConfig, sweep_dir: Path, trials: list[Trial], concurrency: int,
+               storage: dict | None = None):
     from ray import tune
 
     trainable = tune.with_resources(run_trial, {"cpu": TRIAL_DRIVER_CPU})
@@ -202,7 +203,8 @@ def make_tuner(sweep: SweepConfig, sweep_dir: Path, trials: list[Trial], concurr
     asha = sweep.scheduler.kind == "asha"
     return tune.Tuner(
         trainable,
-        param_space={"sweep_dir": str(sweep_dir), "trial": tune.grid_search([t.name for t in trials])},
+        param_space={"sweep_dir": str(sweep_dir), "trial": tune.grid_search([t.name for t in trials]),
+                     "storage": storage},  # trials on other nodes check they see the sweep folder
         tune_config=tune.TuneConfig(scheduler=build_scheduler(sweep, trials), max_concurrent_trials=concurrency,
                                     metric=metric if asha else None, mode="max" if asha else None,
                                     reuse_actors=False),
@@ -215,6 +217,7 @@ def run_sweep(config: str | Path, overrides: list[str] | None = None, mode: Mode
     import ray
 
     from revela.train.driver import ensure_ray
+    from revela.train.storage import write_marker
     from revela.tuning.prepare import score_backbones
 
     sweep, base_dir = load_sweep(config, overrides)
@@ -227,11 +230,12 @@ def run_sweep(config: str | Path, overrides: list[str] | None = None, mode: Mode
     concurrency = max_concurrent(trials, ray.cluster_resources(), sweep.max_concurrent_trials)
     sweep_dir = claim_sweep_dir(sweep, digest, mode)
     trials, data = plan_trials(sweep, base, sweep_dir)
-    backbones = score_backbones(trials, sweep_dir)
+    storage = write_marker(sweep_dir)
+    backbones = score_backbones(trials, sweep_dir, storage)
     write_plan(sweep_dir, digest, sweep, base, trials, backbones, data, mode)
     log.info("sweep %s: %d trials, %d at a time, budget %s=%d, in %s", sweep.name, len(trials), concurrency,
              sweep.budget.kind, sweep.budget.value, sweep_dir)
-    grid = make_tuner(sweep, sweep_dir, trials, concurrency).fit()
+    grid = make_tuner(sweep, sweep_dir, trials, concurrency, storage).fit()
     errors = {}
     for result in grid:
         if result.error is not None:

@@ -144,8 +144,10 @@ def run_trial(config: dict) -> None:
 
     from revela.config import RunConfig
     from revela.train.driver import run
+    from revela.train.storage import check_marker
 
     started = time.time()
+    check_marker(config.get("storage"), "sweep trial")  # the sweep folder must be on storage every node mounts
     sweep_dir = Path(config["sweep_dir"])
     plan = json.loads((sweep_dir / SWEEP_FILE).read_text())
     stored = plan["trials"][config["trial"]]

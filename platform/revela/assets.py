@@ -10,6 +10,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,9 @@ def resolve_model(name: str) -> str:
     asset = find_asset(name)
     if asset is not None:
         return str(build_asset(asset))
+    if Path(name).expanduser().is_absolute():  # on a cluster: a folder on one node's disk only
+        raise FileNotFoundError(f"model folder {name} does not exist on host {socket.gethostname()}; on a cluster "
+                                "put model folders on a file system every node mounts (docs/cluster.md)")
     if hub_offline() or "/" not in name:
         known = ", ".join(sorted(ASSETS))
         raise ValueError(

@@ -99,6 +99,28 @@ class RayConfig(StrictModel):
     strategy: Literal["ddp", "fsdp"] = "ddp"
     max_failures: int = Field(2, ge=0)
     storage_path: str = "runs"
+    """The run folders' parent. On several nodes: a path every node mounts (NFS, ...); each Train worker and
+    evaluation task checks that it sees the driver's marker there and refuses otherwise (docs/cluster.md)."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """How Train workers are placed on nodes (Ray placement group strategy): SPREAD puts them on different nodes
+    when it can, STRICT_SPREAD only on different nodes (it waits until there are enough), PACK fills nodes first."""
+    resources_per_worker: dict[str, float] = {}
+    """Custom resources each Train worker holds besides its CPUs/GPUs, e.g. {trainer: 1} to use only nodes
+    started with `ray start --resources '{"trainer": 2}'` (at most two workers each)."""
+    label_selector: dict[str, str] = {}
+    """Node labels a Train worker's node must carry (`ray start --labels`), e.g. {pool: train}."""
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _custom_only(cls, value: dict[str, float]) -> dict[str, float]:
+        builtin = sorted(k for k in value if k in ("CPU", "GPU", "memory"))
+        if builtin:
+            raise ValueError(f"{', '.join(builtin)}: set CPUs and GPUs with cpus_per_worker / gpus_per_worker; "
+                             "resources_per_worker is for custom resources")
+        negative = sorted(k for k, v in value.items() if v < 0)
+        if negative:
+            raise ValueError(f"{', '.join(negative)}: resource amounts must be >= 0")
+        return value
 
     @field_validator("num_workers")
     @classmethod

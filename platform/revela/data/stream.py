@@ -107,12 +107,25 @@ class ReadAndTokenize(TokenizeGroups):
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
+        _check_visible(batch["path"])
         table = pa.concat_tables([pq.ParquetFile(str(path)).read_row_group(int(rg), columns=SHARD_COLUMNS)
                                   for path, rg in zip(batch["path"], batch["row_group"])])
         if self._exclude:
             keep = pc.invert(pc.is_in(table["group_index"], value_set=pa.array(sorted(self._exclude), pa.int64())))
             table = table.filter(keep)
         return super().__call__(table.to_pydict())
+
+
+def _check_visible(paths) -> None:
+    """On a cluster the shards must be on storage every node mounts: one line naming this node otherwise."""
+    from revela.train.storage import PREFIX, StorageNotSharedError, node_description, visible
+
+    missing = sorted({str(p) for p in paths if not visible(str(p))})
+    if missing:
+        raise StorageNotSharedError(
+            f"{PREFIX} the data stream on {node_description()} does not see the prepared shard {missing[0]}; put "
+            "data.shards (or ray.storage_path, where runs prepare them) on a file system every node mounts, see "
+            "docs/cluster.md")
 
 
 def read_units(shard_dir: str, exclude: Collection[int] = ()) -> list[dict[str, Any]]:

@@ -118,13 +118,25 @@ def save_checkpoint(directory: str | Path, model: RevelaModel, trainer: Trainer,
         (staging / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
         meta = {"step": trainer.step, "run_name": config.name, "metrics": metrics or {},
                 "retriever": config.model.retriever.name, "lm": config.model.lm.name,
-                "created": time.time(), "versions": versions()}
+                "created": time.time(), "versions": versions(), "files": file_sizes(staging)}
         (staging / CHECKPOINT_MARKER).write_text(json.dumps(meta, indent=2, default=float))
     return directory
 
 
+def file_sizes(directory: Path) -> dict[str, int]:
+    return {str(p.relative_to(directory)): p.stat().st_size for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
 def is_complete(directory: str | Path) -> bool:
-    return Path(directory, CHECKPOINT_MARKER).is_file()
+    """The marker is there and every file it lists has its size. Ray Train copies a checkpoint into the storage
+    path file by file, in parallel (not one rename), so a node lost mid-copy can leave the small marker beside
+    truncated weights. (Checkpoints written before the marker listed its files are trusted on the marker alone.)"""
+    try:
+        files = json.loads(Path(directory, CHECKPOINT_MARKER).read_text()).get("files") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return all(Path(directory, name).is_file() and Path(directory, name).stat().st_size == size
+               for name, size in files.items())
 
 
 def load_checkpoint(directory: str | Path, model: RevelaModel, trainer: Trainer | None = None) -> dict:
@@ -134,7 +146,8 @@ def load_checkpoint(directory: str | Path, model: RevelaModel, trainer: Trainer 
     """
     directory = Path(directory)
     if not is_complete(directory):
-        raise FileNotFoundError(f"{directory} is not a complete Revela checkpoint (no {CHECKPOINT_MARKER})")
+        raise FileNotFoundError(f"{directory} is not a complete Revela checkpoint (no {CHECKPOINT_MARKER}, or a "
+                                "file shorter than it lists)")
     state = load_file(directory / "trainable.safetensors")
     own = named_parameters(model)
     unexpected = [name for name in state if name not in own]

@@ -20,11 +20,13 @@ import ray.train
 
 from revela.config import RunConfig
 from revela.configbase import check_safe_name
+from revela.train.failures import explain_failure
 from revela.train.preflight import check_run_inputs
 from revela.train.resume import repair_snapshot
 from revela.train.ray_setup import (NO_STATE_API_ENV, QUIET_ENV, TorchTrainer, local_ray_options,
                                     missing_dashboard_packages, no_dashboard_notice, quiet_libraries, state_api_env,
                                     train_logging)
+from revela.train.storage import write_marker
 from revela.train.worker import METRICS_FILE, STATUS_FILE, train_worker
 
 RUN_FILE = "revela_run.json"
@@ -121,31 +123,35 @@ def read_status(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def checkpoint_and_validation(cfg: RunConfig, run_dir: Path | None = None):
+def checkpoint_and_validation(cfg: RunConfig, run_dir: Path | None = None, storage: dict | None = None):
     """Keep the best K checkpoints by the dev metric when there are dev sets (scored asynchronously by evaluation
     tasks as checkpoints arrive), else the latest K."""
     if not cfg.eval.datasets:
         return ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints), None
-    from revela.evaluation.actors import validation_config
+    from revela.evaluation.actors import dev_set_hashes, validation_config
 
     ev = cfg.eval
     validation = validation_config(ev.datasets, num_cpus=ev.num_cpus, num_gpus=ev.num_gpus,
                                    max_queries=ev.max_queries, batch_size=ev.batch_size, max_length=ev.max_length,
                                    passage_max_length=ev.passage_max_length, record=True,
-                                   history_file=str(run_dir / DEV_SCORES_FILE) if run_dir else None)
+                                   history_file=str(run_dir / DEV_SCORES_FILE) if run_dir else None,
+                                   storage=storage, dev_hashes=dev_set_hashes(ev.datasets) if storage else None)
     keep = ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                       checkpoint_score_attribute=ev.select_best_by, checkpoint_score_order="max")
     return keep, validation
 
 
 def fit(cfg: RunConfig, run_dir: Path, dataset, verbose: bool = False, callbacks: tuple = ()) -> ray.train.Result:
-    checkpoint_config, validation = checkpoint_and_validation(cfg, run_dir)
+    storage = write_marker(run_dir)  # workers and evaluation tasks on other nodes check they see it
+    checkpoint_config, validation = checkpoint_and_validation(cfg, run_dir, storage)
     scaling = ray.train.ScalingConfig(
         num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
-        resources_per_worker={"CPU": cfg.ray.cpus_per_worker, **({"GPU": cfg.ray.gpus_per_worker} if cfg.ray.use_gpu else {})})
+        resources_per_worker={"CPU": cfg.ray.cpus_per_worker, **({"GPU": cfg.ray.gpus_per_worker} if cfg.ray.use_gpu else {}),
+                              **cfg.ray.resources_per_worker},
+        placement_strategy=cfg.ray.placement_strategy, label_selector=cfg.ray.label_selector or None)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"run": cfg.model_dump(), "run_dir": str(run_dir)},
+        train_loop_config={"run": cfg.model_dump(), "run_dir": str(run_dir), "storage": storage},
         scaling_config=scaling,
         datasets={"train": dataset},
         validation_config=validation,
@@ -155,7 +161,13 @@ def fit(cfg: RunConfig, run_dir: Path, dataset, verbose: bool = False, callbacks
             checkpoint_config=checkpoint_config, logging_config=train_logging(verbose),
             callbacks=list(callbacks)),
     )
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    except ray.train.TrainingFailedError as err:  # storage not shared, a lost node: one line, not every traceback
+        message = explain_failure(cfg.name, run_dir, err, cfg.ray.max_failures, METRICS_FILE)
+        if message is None:
+            raise
+        raise TrainingStoppedError(message) from err
 
 
 def metrics_history(run_dir: Path) -> list[dict]:

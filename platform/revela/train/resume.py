@@ -3,9 +3,10 @@
 Ray Train V2 resumes a run from `checkpoint_manager_snapshot.json` in the run folder. If a checkpoint listed there
 is gone (deleted, lost with a disk), Ray refuses to start (`CheckpointManagerInitializationError`, a long
 traceback) and advises deleting the run folder, which would also throw away the intact older checkpoints. A
-listed folder that exists without `revela_checkpoint.json` (written last) would pass Ray's check and then fail
-in every worker. Before a run starts, `repair_snapshot` drops such checkpoints from the snapshot, so Ray resumes
-from the newest complete one; when none is left it raises `LostCheckpointError` and leaves everything as it was.
+listed folder that exists without `revela_checkpoint.json` (written last), or with files shorter than it lists (a
+copy into the storage path cut off), would pass Ray's check and then fail in every worker. Before a run starts,
+`repair_snapshot` drops such checkpoints from the snapshot, so Ray resumes from the newest complete one; when none
+is left it raises `LostCheckpointError` and leaves everything as it was.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ class LostCheckpointError(RuntimeError):
 
 
 def _complete(run_dir: Path, result: dict | None) -> bool:
-    return bool(result) and Path(run_dir, result["checkpoint_dir_name"], CHECKPOINT_MARKER).is_file()
+    from revela.train.checkpoint import is_complete
+
+    return bool(result) and is_complete(Path(run_dir, result["checkpoint_dir_name"]))
 
 
 def _step(run_dir: Path, result: dict) -> int:

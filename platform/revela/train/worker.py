@@ -21,6 +21,7 @@ from revela.model import RevelaModel
 from revela.train.checkpoint import gather_training_state, load_checkpoint, save_checkpoint
 from revela.train.loop import NonFiniteLossError, Trainer
 from revela.train.ray_setup import follow_train_log_level
+from revela.train.storage import confirm_worker
 from revela.train.telemetry import DashboardMetrics
 
 STATUS_FILE = "revela_status.json"
@@ -62,6 +63,7 @@ def train_worker(config: dict) -> None:
     follow_train_log_level()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    confirm_worker(config.get("storage"), rank)  # refuse on a node that does not share the run folder
     seed_rank(cfg.train.seed, rank, 0)
     device = ray.train.torch.get_device() if world > 0 else torch.device("cpu")
 
