@@ -1,8 +1,8 @@
 """Is a learnable (bounded) tau worth adding next to `temperature: auto`? A small CPU experiment.
 
 Real models (all-MiniLM-L6-v2 retriever, full fine-tuning at retriever_lr; SmolLM2-135M LM, LoRA r=16), real groups
-(B=8 adjacent chunks <= 64 tokens of the `rich` package's source, as the CPU configs), trained in process with the
-project's Trainer from the same seed, in three arms:
+(B=8 adjacent chunks <= `--max-tokens` tokens of the `rich` package's source, as the CPU configs with shorter chunks),
+trained in process with the project's Trainer from the same seed, in up to three arms:
 
 - `auto`: tau calibrated once (revela.train.temperature) and fixed;
 - `learnable`: log tau a parameter starting at the calibrated value, clamped to [tau/10, 10 tau], trained with
@@ -12,7 +12,7 @@ project's Trainer from the same seed, in three arms:
 Logged per step: tau, Sim entropy as a share of ln(B-1), pass-3 loss, retriever gradient norm; at the end, on
 held-out groups, pass-2/pass-3 loss and the retriever's top-1 same-document hit-rate (revela.train.heldout).
 
-    .venv/bin/python bench/bench_tau_learnable.py --steps 40 --out bench/tau_learnable_cpu.json
+    .venv/bin/python bench/bench_tau_learnable.py --steps 30 --arms auto,learnable --out bench/tau_learnable_cpu.json
 """
 
 from __future__ import annotations
@@ -34,19 +34,19 @@ def prepared_groups(tmp: Path, group_size: int, max_tokens: int) -> list[dict]:
     from revela.data.shards import read_groups
     from revela.train.data import default_sources
 
-    prepare(default_sources(), tmp / "groups", group_size=group_size, grouping="adjacent", max_words=48,
+    prepare(default_sources(), tmp / "groups", group_size=group_size, grouping="adjacent", max_words=max_tokens * 3 // 4,
             max_tokens=max_tokens, docs_per_window=4, tokenizer="smollm2-135m", progress=False, quiet=True)
     return read_groups(tmp / "groups").select(["texts", "doc_ids", "kind"]).to_pylist()
 
 
-def build(seed: int):
+def build(seed: int, max_tokens: int):
     from revela.config import ModelConfig
     from revela.model import RevelaModel
 
     torch.manual_seed(seed)
     cfg = ModelConfig.model_validate({
-        "retriever": {"name": "all-minilm-l6-v2", "finetune": "full", "max_length": 64},
-        "lm": {"name": "smollm2-135m", "finetune": "lora", "max_length": 64,
+        "retriever": {"name": "all-minilm-l6-v2", "finetune": "full", "max_length": max_tokens},
+        "lm": {"name": "smollm2-135m", "finetune": "lora", "max_length": max_tokens,
                "lora": {"r": 16, "alpha": 32, "dropout": 0.05}},
         "objective": {"temperature": "auto"}})
     return RevelaModel.from_config(cfg)
@@ -75,8 +75,9 @@ def run_arm(arm: str, rows: list[dict], held: list[dict], args) -> dict:
     from revela.train.loop import Trainer
     from revela.train.temperature import calibrate
 
-    model = build(args.seed)
-    tokenizer = GroupTokenizer(model.retriever.tokenizer, model.lm_tokenizer, model.retriever.protocol, 64, False)
+    model = build(args.seed, args.max_tokens)
+    tokenizer = GroupTokenizer(model.retriever.tokenizer, model.lm_tokenizer, model.retriever.protocol,
+                               args.max_tokens, False)
     batches = [{**{k: torch.from_numpy(v) for k, v in tokenizer(list(r["texts"])).items()},
                 "is_code": torch.tensor(1)} for r in rows]
     calibration = calibrate(model, batches[:8], args.target)
@@ -116,7 +117,8 @@ def run_arm(arm: str, rows: list[dict], held: list[dict], args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--arms", default="auto,learnable,paper")
     ap.add_argument("--target", type=float, default=0.7)
     ap.add_argument("--tau-lr", type=float, default=0.02)
@@ -127,7 +129,7 @@ def main() -> None:
     torch.set_num_threads(2)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        groups = prepared_groups(Path(tmp), 8, 64)
+        groups = prepared_groups(Path(tmp), 8, args.max_tokens)
     held, train = groups[-args.heldout:], groups[:-args.heldout][:args.steps]
     results = [run_arm(arm, train, held, args) for arm in args.arms.split(",")]
     report = {"command": " ".join(sys.argv), "wall_s": time.perf_counter() - started, "train_groups": len(train),

@@ -54,8 +54,9 @@ def groups_of(kind: str, group_size: int, max_tokens: int, count: int, tmp: Path
     from revela.data.shards import read_groups
 
     out = tmp / f"{kind}-b{group_size}-{max_tokens}"
-    prepare(corpus_sources(kind, tmp), out, group_size=group_size, grouping="adjacent", max_words=max_tokens * 3 // 4,
-            max_tokens=max_tokens, tokenizer="smollm2-135m", progress=False, quiet=True)
+    if not (out / "manifest.json").is_file():
+            prepare(corpus_sources(kind, tmp), out, group_size=group_size, grouping="adjacent", max_words=max_tokens * 3 // 4,
+                max_tokens=max_tokens, tokenizer="smollm2-135m", progress=False, quiet=True)
     texts = read_groups(out).column("texts").to_pylist()
     return texts[:count]
 
@@ -87,11 +88,12 @@ def measure(model, groups: list[list[str]], kind: str, max_length: int, taus: li
     from revela.assets import resolve_model
     from revela.batch import GroupTokenizer
     from revela.model import similarity_weights
-    from revela.train.temperature import calibrate, mean_entropy_fraction
+    from revela.train.temperature import bisect_temperature, mean_entropy_fraction
 
     tokenizer = GroupTokenizer(model.retriever.tokenizer, AutoTokenizer.from_pretrained(resolve_model("smollm2-135m")),
                                model.retriever.protocol, max_length, first_half=kind == "prose")
     batches = [{k: torch.from_numpy(v) for k, v in tokenizer(texts).items()} for texts in groups]
+    model.retriever.eval()
     with torch.no_grad():
         views = [model.sim_embeddings(b) for b in batches]
     query, passage = torch.cat([q for q, _ in views]), torch.cat([p for _, p in views])
@@ -111,11 +113,12 @@ def measure(model, groups: list[list[str]], kind: str, max_length: int, taus: li
     held_q, held_p = query[held:], passage[held:]
     for count in calibration_groups:
         for target in targets:
-            cal = calibrate(model, batches[:count], target)
+            # what `calibrate` does (eval-mode embeddings, then the bisection), on the embeddings computed above
+            tau = bisect_temperature(query[:count], passage[:count], target)
             result["auto"][f"{target:g}@{count}"] = {
-                "target": target, "calibration_groups": count, "temperature": cal.temperature,
-                "on_calibration_groups": cal.entropy_fraction,
-                "on_other_groups": percentiles(per_group(cal.temperature, held_q, held_p))}
+                "target": target, "calibration_groups": count, "temperature": tau,
+                "on_calibration_groups": mean_entropy_fraction(query[:count], passage[:count], tau),
+                "on_other_groups": percentiles(per_group(tau, held_q, held_p))}
     return result
 
 
@@ -129,6 +132,7 @@ def main() -> None:
     ap.add_argument("--calibration-groups", default="1,8", help="groups tau is calibrated on (comma list)")
     ap.add_argument("--taus", default="1e-4,1e-3,3e-3,0.01,0.02,0.05,0.1")
     ap.add_argument("--targets", default="0.5,0.6,0.7,0.8")
+    ap.add_argument("--data-dir", default=None, help="keep the prepared groups here (reused when present)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -136,8 +140,9 @@ def main() -> None:
     targets = [float(t) for t in args.targets.split(",")]
     counts = [int(c) for c in args.calibration_groups.split(",")]
     rows, started = [], time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(args.data_dir or scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
         data = {(k, b): groups_of(k, b, args.max_length, args.groups, tmp)
                 for k in args.kinds.split(",") for b in map(int, args.group_sizes.split(","))}
         for label in args.retrievers.split(","):

@@ -96,17 +96,18 @@ def smollm2_run():
     tok = AutoTokenizer.from_pretrained(path)
 
     def run(temperature, tmp: Path):
+        # short chunks (<= 16 tokens): a 135M retriever on 2 CPU cores costs ~2 GFLOP per chunk view
         prepare([str(Path(sysconfig.get_paths()["stdlib"]) / "json")], tmp / "groups", group_size=8,
-                grouping="adjacent", max_words=24, max_tokens=32, tokenizer=tok, progress=False, quiet=True)
+                grouping="adjacent", max_words=12, max_tokens=16, tokenizer=tok, progress=False, quiet=True)
         cfg = ModelConfig.model_validate({
-            "retriever": {"name": "smollm2-135m", "pooling": "eos", "finetune": "lora", "max_length": 32,
+            "retriever": {"name": "smollm2-135m", "pooling": "eos", "finetune": "lora", "max_length": 24,
                           "lora": {"r": 4, "alpha": 8}},
-            "lm": {"finetune": "full", "max_length": 32}, "objective": {"temperature": temperature}})
+            "lm": {"finetune": "full", "max_length": 16}, "objective": {"temperature": temperature}})
         torch.manual_seed(0)
         backbone = AutoModel.from_pretrained(path, dtype=torch.float32)  # fresh: LoRA is injected into it
         model = RevelaModel.from_config(cfg, lm_model=tiny_lm(vocab=len(tok)), retriever_backbone=backbone,
                                         tokenizers=(tok, tok))
-        tokenize = GroupTokenizer(tok, tok, model.retriever.protocol, 32, False)
+        tokenize = GroupTokenizer(tok, tok, model.retriever.protocol, 16, False)
         stream = [{k: torch.from_numpy(np.asarray(v)) for k, v in tokenize(list(texts)).items()}
                   for texts in read_groups(tmp / "groups").column("texts").to_pylist()]
         first = stream[:CALIBRATION_GROUPS] if temperature == "auto" else []

@@ -50,7 +50,8 @@ class ObjectiveConfig(StrictModel):
     training groups so that Sim's mean row entropy is `target_entropy` of its maximum (docs/temperature.md); a
     number is used as given (the paper's is 1e-4)."""
     target_entropy: float = Field(0.7, gt=0, lt=1)
-    """temperature: auto aims the mean Sim row entropy at this fraction of ln(B-1) (0: one-hot, 1: uniform)."""
+    """temperature: auto aims the mean Sim row entropy at this fraction of ln(B-1) (0: one-hot, 1: uniform). 0.7: where
+    the GPU runs whose retriever learned sat (tau=0.01 gave 55-90%, the best run 70-77%; bench/TAU_NOTES.md)."""
     sim: Literal["softmax", "uniform"] = "softmax"
     """uniform: a control; every other chunk weighted 1/(B-1), so the LM still sees the group but the retriever gets
     no signal (it is frozen and not run in training)."""
@@ -128,8 +129,9 @@ class EvalConfig(StrictModel):
 
 
 # Embedded defaults are a CPU-sized run (minutes on 2 cores); jobs/configs/paper.yaml is the paper's recipe.
-# tau is calibrated (temperature: auto): a fixed tau suits one backbone's spread of cosines only, and the paper's
-# 1e-4 makes MiniLM's Sim one-hot (entropy 0.1% of ln(B-1), bench/TAU_NOTES.md) so the retriever learns nothing.
+# tau is calibrated (temperature: auto): a fixed tau suits one backbone's spread of cosines only; the paper's 1e-4
+# makes MiniLM's Sim one-hot (mean entropy 0-1% of ln(B-1) on real code and prose, bench/TAU_NOTES.md), so the
+# retriever would learn nothing.
 CPU_MODEL = ModelConfig(retriever=RetrieverConfig(max_length=64),
                         lm=LMConfig(max_length=64, lora=LoraSettings(r=16, alpha=32, dropout=0.05)),
                         objective=ObjectiveConfig(temperature="auto"))

@@ -80,7 +80,7 @@ class Trainer:
         self._first_bad_step = torch.zeros((), dtype=torch.long, device=device)  # 0: every step so far was finite
         self._tokens = torch.zeros((), dtype=torch.long, device=device)  # since the last measured step
 
-    def autocast(self):
+    def _autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
@@ -100,7 +100,7 @@ class Trainer:
             sync = contextlib.nullcontext() if last or not hasattr(self.engine, "no_sync") else self.engine.no_sync()
             batch = move(batch, self.device)
             with sync:
-                with self.autocast():
+                with self._autocast():
                     out = self.engine(batch, measure_pass2=measure)
                 (out.loss / n).backward()
             self._tokens += batch["lm_attention_mask"].sum()
