@@ -73,12 +73,21 @@ def test_console_prints_tau_and_one_warning(tmp_path):
     assert "Sim H 0.006 (0%)" in text
 
 
+def test_console_announces_a_fixed_tau_once(tmp_path):
+    out = io.StringIO()
+    with RunConsole(tmp_path, max_steps=2, stream=out, interactive=False, poll_s=3600) as console:
+        Calibration(1e-4, None, 0.7, 0, 0, "config").save(tmp_path)
+        for _ in range(3):
+            console.poll()
+    assert out.getvalue().splitlines() == ["temperature 0.0001 (from the config)"]
+
+
 # ------------------------------------------------------------------- a two-step run with the real SmolLM2 retriever
 
 @pytest.fixture(scope="module")
 def smollm2_run():
     """SmolLM2-135M (the offline asset) as the retriever with EOS pooling, a tiny LM on its vocabulary, and real
-    code groups of 8 chunks; `run(temperature, tmp)` trains two steps the way the worker does (tau set up first,
+    code groups of 4 chunks; `run(temperature, tmp)` trains two steps the way the worker does (tau set up first,
     the calibration groups trained on) and follows them with the console. Returns (console output, rows)."""
     from transformers import AutoModel, AutoTokenizer
 
@@ -96,18 +105,18 @@ def smollm2_run():
     tok = AutoTokenizer.from_pretrained(path)
 
     def run(temperature, tmp: Path):
-        # short chunks (<= 16 tokens): a 135M retriever on 2 CPU cores costs ~2 GFLOP per chunk view
-        prepare([str(Path(sysconfig.get_paths()["stdlib"]) / "json")], tmp / "groups", group_size=8,
-                grouping="adjacent", max_words=12, max_tokens=16, tokenizer=tok, progress=False, quiet=True)
+        # small groups of short chunks: the 135M retriever costs ~0.3 GFLOP per token on 2 shared CPU cores
+        prepare([str(Path(sysconfig.get_paths()["stdlib"]) / "json")], tmp / "groups", group_size=4,
+                grouping="adjacent", max_words=9, max_tokens=12, tokenizer=tok, progress=False, quiet=True)
         cfg = ModelConfig.model_validate({
-            "retriever": {"name": "smollm2-135m", "pooling": "eos", "finetune": "lora", "max_length": 24,
+            "retriever": {"name": "smollm2-135m", "pooling": "eos", "finetune": "lora", "max_length": 18,
                           "lora": {"r": 4, "alpha": 8}},
-            "lm": {"finetune": "full", "max_length": 16}, "objective": {"temperature": temperature}})
+            "lm": {"finetune": "full", "max_length": 12}, "objective": {"temperature": temperature}})
         torch.manual_seed(0)
         backbone = AutoModel.from_pretrained(path, dtype=torch.float32)  # fresh: LoRA is injected into it
         model = RevelaModel.from_config(cfg, lm_model=tiny_lm(vocab=len(tok)), retriever_backbone=backbone,
                                         tokenizers=(tok, tok))
-        tokenize = GroupTokenizer(tok, tok, model.retriever.protocol, 16, False)
+        tokenize = GroupTokenizer(tok, tok, model.retriever.protocol, 12, False)
         stream = [{k: torch.from_numpy(np.asarray(v)) for k, v in tokenize(list(texts)).items()}
                   for texts in read_groups(tmp / "groups").column("texts").to_pylist()]
         first = stream[:CALIBRATION_GROUPS] if temperature == "auto" else []

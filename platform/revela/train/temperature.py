@@ -37,8 +37,9 @@ BISECTION_STEPS = 50
 @dataclass
 class Calibration:
     temperature: float
-    entropy_fraction: float
-    """Mean Sim row entropy at `temperature`, as a fraction of ln(B-1), on the calibration groups."""
+    entropy_fraction: float | None
+    """Mean Sim row entropy at `temperature`, as a fraction of ln(B-1), on the calibration groups (None: not
+    calibrated in this process)."""
     target: float
     groups: int
     group_size: int
@@ -145,7 +146,7 @@ def setup_temperature(model: RevelaModel, target: float, rank: int, first_batche
     Every rank calls this at the same point (the broadcast is a collective), before DDP/FSDP wrap the model.
     """
     def given(source: str) -> Calibration:
-        return Calibration(model.temperature, math.nan, target, 0, 0, source)
+        return Calibration(model.temperature, None, target, 0, 0, source)
 
     if model.temperature is not None:
         return given("config")
