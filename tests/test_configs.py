@@ -1,5 +1,6 @@
 """Every shipped config loads; typos and wrong types are errors that name the key."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ def test_paper_config_is_the_papers_recipe():
     cfg = load_config(RunConfig, next(p for p in CONFIGS if p.stem == "paper"))
     for part in (cfg.model.retriever, cfg.model.lm):
         assert (part.finetune, part.lora.r, part.lora.alpha, part.lora.target_modules) == ("lora", 256, 64, "all-linear")
-    assert cfg.model.objective.temperature == 1e-4
+    assert cfg.model.objective.temperature == "auto"  # the paper's 1e-4 is one-hot on SmolLM2 (docs/temperature.md)
     assert (cfg.data.group_size, cfg.model.lm.max_length, cfg.train.lr, cfg.train.warmup_steps) == (16, 160, 1e-4, 100)
     assert cfg.train.precision == "bf16"
 
@@ -78,8 +79,27 @@ def test_every_shipped_sweep_config_expands(path, tmp_path):
 
     sweep, base_dir = load_sweep(path)
     trials = apply_budget(expand(sweep, base_run_dict(sweep, base_dir), tmp_path), sweep, {})
-    assert len(trials) == len(sweep.axes.group_size) * max(1, len(sweep.axes.retriever)) * max(1, len(sweep.axes.lm))
-    assert {p.stem for p in SWEEPS} >= {"tiny-cpu", "paper-batch-size"}
+    axes = sweep.axes
+    assert len(trials) == math.prod(max(1, len(getattr(axes, a))) for a in type(axes).model_fields)
+    assert {p.stem for p in SWEEPS} >= {"tiny-cpu", "paper-batch-size", "tau-controls"}
+
+
+@pytest.mark.parametrize("path", CONFIGS + SWEEPS, ids=lambda p: p.stem)
+def test_shipped_configs_calibrate_tau(path, tmp_path):
+    """Every shipped config that trains a retriever uses temperature: auto; a fixed tau only where a sweep studies it
+    on purpose (tau-controls' paper-tau point). A fixed tau suits one backbone's cosines: the paper's 1e-4 makes Sim
+    one-hot on both offline retrievers (bench/TAU_NOTES.md)."""
+    from revela.tuning.config import base_run_dict, load_sweep
+    from revela.tuning.grid import apply_budget, expand
+
+    if path in CONFIGS:
+        runs = [load_config(RunConfig, path).model_dump()]
+    else:
+        sweep, base_dir = load_sweep(path)
+        runs = [t.run for t in apply_budget(expand(sweep, base_run_dict(sweep, base_dir), tmp_path), sweep, {})
+                if t.params.get("variant") != "paper-tau"]
+    for run in runs:
+        assert run["model"]["objective"]["temperature"] == "auto", (path.name, run["name"])
 
 
 def test_gpu_configs_train_the_lora_retriever_at_the_lm_rate():

@@ -79,6 +79,14 @@ def test_two_worker_run_writes_checkpoints_metrics_and_report(ray_cluster, asset
                 "grad_norm_lm", "tokens_per_s", "groups_per_s", "data_wait_fraction"):
         assert key in metrics, key
     assert metrics["groups"] == 2 and metrics["groups_per_forward"] == 2  # G groups in each forward
+    # temperature: auto, calibrated on rank 0 and broadcast: one tau in every row, the file, the report
+    calibration = json.loads((run_dir / "temperature.json").read_text())
+    assert calibration["source"] == "calibrated" and calibration["groups"] >= 8
+    assert {json.loads(line)["temperature"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()} \
+        == {calibration["temperature"]}
+    assert "temperature: auto -> " in out
+    assert report["sim_health"]["status"] in ("ok", "one-hot", "uniform") and report["temperature"] == \
+        calibration["temperature"]
     assert report["heldout"]["after"]["groups"] == 2
     assert (run_dir / "report.json").is_file() and (run_dir / "loss_curve.png").stat().st_size > 1000
 
@@ -94,10 +102,18 @@ def test_finished_or_changed_run_is_refused_unless_asked(ray_cluster, assets, tm
         run(changed)
     # asked to resume with more steps, after the newest checkpoint was lost (deleted, a failed disk): resume repairs
     # Ray's snapshot and continues from the step-1 checkpoint instead of failing or starting over
+    calibrated = json.loads((tmp_path / "guarded" / "temperature.json").read_text())
+    assert calibrated["source"] == "calibrated"
     shutil.rmtree(checkpoints(tmp_path / "guarded")[-1])
     more = config(assets, tmp_path, "guarded", num_workers=1, max_steps=3, heldout_groups=0, checkpoint_every=1)
-    run(more, mode="resume")
+    report = run(more, mode="resume")
     assert steps(tmp_path / "guarded") == [1, 2, 2, 3]
+    # temperature: auto is not calibrated again on resume: tau comes from the checkpoint
+    resumed = json.loads((tmp_path / "guarded" / "temperature.json").read_text())
+    assert resumed["source"] == "checkpoint" and resumed["temperature"] == calibrated["temperature"]
+    assert report["temperature"] == calibrated["temperature"] == report["sim_health"]["temperature"]
+    for c in checkpoints(tmp_path / "guarded"):
+        assert json.loads((c / "revela_checkpoint.json").read_text())["temperature"] == calibrated["temperature"]
     assert [json.loads((c / "revela_checkpoint.json").read_text())["step"] for c in checkpoints(tmp_path / "guarded")] \
         == [2, 3]
 

@@ -83,7 +83,7 @@ def tiny_run_overrides(assets, storage, name, num_workers=2, **train):
         f"name={name}",
         f"model.retriever.name={assets / 'retriever'}", "model.retriever.pooling=mean", "model.retriever.max_length=32",
         f"model.lm.name={assets / 'lm'}", "model.lm.finetune=full", "model.lm.max_length=32",
-        "model.objective.temperature=0.05",
+        "model.objective.temperature=auto",  # calibrated in the workers (and broadcast, and read back on resume)
         f"data.shards={assets / 'shards'}", "data.group_size=4",
         f"ray.num_workers={num_workers}", "ray.cpus_per_worker=1", f"ray.storage_path={storage}", "ray.max_failures=2",
         *[f"train.{k}={v}" for k, v in {"max_steps": 4, "checkpoint_every": 2, "warmup_steps": 1,

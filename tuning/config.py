@@ -11,7 +11,7 @@
         - {label: minilm, name: all-minilm-l6-v2, run: {model: {objective: {temperature: 0.05}}}}
         - {label: smollm2, name: smollm2-135m, run: {model: {retriever: {pooling: eos, finetune: lora}}}}
       lm: [{label: smollm2, name: smollm2-135m}]
-      seeds: [0, 1]                   # optional: lr, grouping, temperature too
+      seeds: [0, 1]                   # optional: lr, grouping, temperature, target_entropy, sim too
 
 Why the budget matters: comparing group sizes at equal optimizer steps gives the larger B more chunks and more
 LM tokens; at equal chunks (or tokens) the smaller B takes more steps. They answer different questions, so the
@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from revela.config import Temperature
 from revela.configbase import ConfigError, SafeName, StrictModel, apply_overrides, load_yaml, validate
 from revela.data.config import Grouping
 
@@ -56,6 +57,14 @@ class ModelChoice(StrictModel):
         return self
 
 
+class Variant(StrictModel):
+    """A hand-picked point of a study (the paper's tau, a control, ...): run-config sections merged over the base."""
+
+    label: SafeName
+    """Short name used in trial names and tables."""
+    run: dict[str, Any] = {}
+
+
 class Axes(StrictModel):
     group_size: list[int] = Field(min_length=1)
     """B (>= 3): chunks per group. Each B is grouped from the corpus by `revela prepare`, never sliced from another."""
@@ -68,8 +77,15 @@ class Axes(StrictModel):
     lr: list[float] = []
     """train.lr values (an inner search); empty: the base config's."""
     grouping: list[Grouping] = []
-    temperature: list[float] = []
-    """model.objective.temperature (tau) values; empty: the base config's (or the model choice's)."""
+    temperature: list[Temperature] = []
+    """model.objective.temperature (tau) values, numbers or `auto`; empty: the base config's (or the model choice's)."""
+    target_entropy: list[float] = []
+    """model.objective.target_entropy values (what `temperature: auto` aims at); empty: the base config's."""
+    sim: list[Literal["softmax", "uniform"]] = []
+    """model.objective.sim: `uniform` is the no-retriever-signal control; empty: the base config's."""
+    variants: list[Variant] = []
+    """Hand-picked points instead of a full grid (e.g. tau=1e-4, auto, sim: uniform, grouping: random), each
+    crossed with the other axes; empty: none."""
 
     @field_validator("group_size")
     @classmethod
@@ -81,23 +97,30 @@ class Axes(StrictModel):
                              f"gradient), got {bad}")
         return values
 
-    @field_validator("lr", "temperature")
+    @field_validator("lr")
     @classmethod
     def _positive(cls, values: list[float]) -> list[float]:
         if any(v <= 0 for v in values):
             raise ValueError(f"values must be > 0, got {values}")
         return values
 
+    @field_validator("target_entropy")
+    @classmethod
+    def _fractions(cls, values: list[float]) -> list[float]:
+        if any(not 0 < v < 1 for v in values):
+            raise ValueError(f"target entropies are fractions of ln(B-1), strictly between 0 and 1, got {values}")
+        return values
+
     @model_validator(mode="after")
     def _unique(self) -> "Axes":
-        for axis in ("group_size", "seeds", "lr", "grouping", "temperature"):
+        for axis in ("group_size", "seeds", "lr", "grouping", "temperature", "target_entropy", "sim"):
             values = getattr(self, axis)
             if len(set(values)) != len(values):
                 raise ValueError(f"axes.{axis} lists a value twice: {values}")
-        for axis in ("retriever", "lm"):
+        for axis in ("retriever", "lm", "variants"):
             labels = [c.label for c in getattr(self, axis)]
             if len(set(labels)) != len(labels):
-                raise ValueError(f"axes.{axis}: two models share a label: {labels}")
+                raise ValueError(f"axes.{axis}: two entries share a label: {labels}")
         return self
 
 

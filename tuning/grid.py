@@ -1,7 +1,8 @@
 """Expand a sweep config into its trials: one resolved run config per cell of the grid.
 
 Trial names are stable (they name each trial's Train run, which resumes by name): `b<B>-<retriever>-<lm>`, then
-`-<grouping>`, `-tau<tau>`, `-lr<lr>` for the axes the sweep lists, then `-s<seed>`.
+`-<variant>`, `-<grouping>`, `-tau<tau>` (`-tauauto`), `-h<target entropy>`, `-<sim>`, `-lr<lr>` for the axes the
+sweep lists, then `-s<seed>`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ RUNS_DIR, DATA_DIR, MODELS_DIR = "runs", "data", "models"
 class Trial:
     name: str
     params: dict
-    """The cell's coordinates: group_size, retriever, lm, seed, lr, grouping, temperature (labels for models)."""
+    """The cell's coordinates: group_size, retriever, lm, seed, lr, grouping, temperature, target_entropy, sim,
+    variant (labels for models and variants)."""
     run: dict
     """The trial's run config (RunConfig fields) once `apply_budget` has set its steps."""
     data_key: str
@@ -43,16 +45,22 @@ def model_location(choice: ModelChoice, sweep_dir: Path) -> str:
     return choice.name if choice.name is not None else str(sweep_dir / MODELS_DIR / choice.label)
 
 
-def _number(value: float) -> str:
-    return f"{value:g}".replace("+", "")
+def _number(value: float | str) -> str:
+    return value if isinstance(value, str) else f"{value:g}".replace("+", "")
 
 
 def trial_name(params: dict, axes) -> str:
     parts = [f"b{params['group_size']}", params["retriever"], params["lm"]]
+    if axes.variants:
+        parts.append(params["variant"])
     if axes.grouping:
         parts.append(params["grouping"])
     if axes.temperature:
         parts.append(f"tau{_number(params['temperature'])}")
+    if axes.target_entropy:
+        parts.append(f"h{_number(params['target_entropy'])}")
+    if axes.sim:
+        parts.append(params["sim"])
     if axes.lr:
         parts.append(f"lr{_number(params['lr'])}")
     parts.append(f"s{params['seed']}")
@@ -80,27 +88,33 @@ def expand(sweep: SweepConfig, base: dict, sweep_dir: Path) -> list[Trial]:
     """Every cell of the grid, B varying slowest; run configs still without their budgeted step count."""
     axes = sweep.axes
     trials = []
-    for group_size, r_choice, l_choice, grouping, tau, lr, seed in itertools.product(
-            axes.group_size, axes.retriever or [None], axes.lm or [None], axes.grouping or [None],
-            axes.temperature or [None], axes.lr or [None], axes.seeds or [None]):
+    for group_size, r_choice, l_choice, variant, grouping, tau, target, sim, lr, seed in itertools.product(
+            axes.group_size, axes.retriever or [None], axes.lm or [None], axes.variants or [None],
+            axes.grouping or [None], axes.temperature or [None], axes.target_entropy or [None], axes.sim or [None],
+            axes.lr or [None], axes.seeds or [None]):
         run = copy.deepcopy(base)
         for choice, part in ((r_choice, "retriever"), (l_choice, "lm")):
             if choice is not None:
                 run = deep_merge(run, choice.run)
                 run["model"][part]["name"] = model_location(choice, sweep_dir)
+        if variant is not None:
+            run = deep_merge(run, variant.run)
         run["data"]["group_size"] = group_size
         if sweep.chunks_per_forward:
             run["train"]["groups_per_forward"] = max(1, sweep.chunks_per_forward // group_size)
         for value, section, key in ((grouping, "data", "grouping"), (seed, "train", "seed"), (lr, "train", "lr")):
             if value is not None:
                 run[section][key] = value
-        if tau is not None:
-            run["model"]["objective"]["temperature"] = tau
+        for value, key in ((tau, "temperature"), (target, "target_entropy"), (sim, "sim")):
+            if value is not None:
+                run["model"]["objective"][key] = value
         params = {"group_size": group_size,
                   "retriever": r_choice.label if r_choice else slug(run["model"]["retriever"]["name"]),
                   "lm": l_choice.label if l_choice else slug(run["model"]["lm"]["name"]),
                   "seed": run["train"]["seed"], "lr": run["train"]["lr"], "grouping": run["data"]["grouping"],
-                  "temperature": run["model"]["objective"]["temperature"]}
+                  "temperature": run["model"]["objective"]["temperature"],
+                  "target_entropy": run["model"]["objective"]["target_entropy"],
+                  "sim": run["model"]["objective"]["sim"], "variant": variant.label if variant else None}
         name = trial_name(params, axes)
         data = _data_config(run, name)
         key = _data_key(data)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from revela.tuning.report import _line_label, human_count
+from revela.tuning.report import CELL_KEYS, _line_label, human_count
 
 
 def _pyplot():
@@ -50,7 +50,7 @@ def plot_vs_group_size(cells: pd.DataFrame, path: Path) -> dict:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     series = {}
-    for n, (_, line) in enumerate(cells.groupby(["retriever", "lm", "grouping", "temperature", "lr"], dropna=False)):
+    for n, (_, line) in enumerate(cells.groupby([k for k in CELL_KEYS if k != "group_size"], dropna=False)):
         line = line.sort_values("group_size")
         label = f"{_line_label(line.iloc[0], cells)} ({human_count(line.iloc[0]['retriever_params'])})"
         color = f"C{n % 10}"
@@ -69,7 +69,7 @@ def plot_vs_model_size(cells: pd.DataFrame, path: Path) -> dict:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     series = {}
-    for _, line in cells.groupby(["group_size", "lm", "grouping", "temperature", "lr"], dropna=False):
+    for _, line in cells.groupby([k for k in CELL_KEYS if k != "retriever"], dropna=False):
         line = line.sort_values("retriever_params")
         label = f"B={line.iloc[0]['group_size']}" + (f" / {line.iloc[0]['lm']}" if cells["lm"].nunique() > 1 else "")
         ax.errorbar(line["retriever_params"], line["best"], yerr=_errors(line["best_std"]), marker="o", capsize=3,

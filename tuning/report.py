@@ -25,7 +25,7 @@ from revela.tuning.folder import load_plan, read_trial_record
 from revela.tuning.trial import SWEEP_FILE, trial_hash
 
 METRICS = ("ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100")
-CELL_KEYS = ["group_size", "retriever", "lm", "grouping", "temperature", "lr"]
+CELL_KEYS = ["group_size", "retriever", "lm", "grouping", "temperature", "lr", "target_entropy", "sim", "variant"]
 MAIN = "ndcg_at_10"
 
 
@@ -74,7 +74,10 @@ def results_table(plan: dict, records: list[dict]) -> pd.DataFrame:
         best = _split(rec["best"]["metrics"]) if rec["best"] else {}
         final = _split(rec["final"]["metrics"]) if rec["final"] else {}
         backbone = _split(rec["backbone"]["metrics"])
+        # tau may be a number or "auto" in one sweep: kept as text, so the column has one type (parquet)
         base = {"trial": rec["trial"], **{k: rec["params"].get(k) for k in CELL_KEYS}, "seed": rec["params"]["seed"],
+                "temperature": _text(rec["params"].get("temperature")),
+                "sim_health": (rec.get("sim_health") or {}).get("status", "unknown"),
                 "retriever_params": rec["retriever_params"], "lm_params": rec["lm_params"],
                 "budget_kind": kind, "budget_value": budget[kind], "steps": rec["steps"],
                 "chunks_seen": rec["chunks_seen"], "tokens_seen": rec["tokens_seen"], "flops": rec["flops"],
@@ -86,6 +89,10 @@ def results_table(plan: dict, records: list[dict]) -> pd.DataFrame:
                          "final": final.get(key, math.nan), "backbone": backbone.get(key, math.nan),
                          "run_dir": rec["run_dir"], "tune_trial_dir": rec.get("tune_trial_dir")})
     return pd.DataFrame(rows)
+
+
+def _text(value) -> str | None:
+    return None if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def cell_table(results: pd.DataFrame, dataset: str = "mean", metric: str = MAIN) -> pd.DataFrame:
@@ -119,7 +126,7 @@ def _line_label(row, cells: pd.DataFrame) -> str:
     label = f"{row['retriever']}"
     if cells["lm"].nunique() > 1:
         label += f" / {row['lm']}"
-    for key in ("grouping", "temperature", "lr"):
+    for key in ("grouping", "temperature", "lr", "target_entropy", "sim", "variant"):
         if cells[key].nunique() > 1:
             label += f" {key}={row[key]}"
     return label
@@ -161,10 +168,10 @@ def summary_markdown(plan: dict, records: list[dict], missing: list[str], result
              f"- numbers: `results.csv` / `results.parquet` (one row per trial × dataset × metric); every trial's "
              "files are in the run directory the trial table names", ""]
     lines += ["## Does nDCG@10 rise with the group size B?", ""]
-    lines += trend_lines(cells, "group_size", ["retriever", "lm", "grouping", "temperature", "lr"]) or [
+    lines += trend_lines(cells, "group_size", [k for k in CELL_KEYS if k != "group_size"]) or [
         "- only one B per line: nothing to compare"]
     lines += ["", "## Does it rise with the retriever's size?", ""]
-    lines += trend_lines(cells, "retriever_params", ["group_size", "lm", "grouping", "temperature", "lr"]) or [
+    lines += trend_lines(cells, "retriever_params", [k for k in CELL_KEYS if k != "retriever"]) or [
         "- only one retriever size per B: nothing to compare"]
     lines += ["", "## Cells (mean ± sample std over seeds)", "",
               "| B | retriever (params) | LM | seeds | best nDCG@10 | final nDCG@10 | untrained | best − untrained "
@@ -177,12 +184,12 @@ def summary_markdown(plan: dict, records: list[dict], missing: list[str], result
                      f"{c['tokens_seen']:.0f} | {c['flops']:.3g} | {c['gpu_hours']:.3f} | {c['trials']} |")
     lines += ["", "## Trials", "",
               "| trial | best nDCG@10 (step) | final nDCG@10 (step) | untrained | chunks | LM tokens | FLOPs | "
-              "wall s | run directory |", "|---|---|---|---|---|---|---|---|---|"]
+              "wall s | Sim health | run directory |", "|---|---|---|---|---|---|---|---|---|---|"]
     main = results[(results["dataset"] == "mean") & (results["metric"] == MAIN)]
     for _, r in main.iterrows():
         lines.append(f"| {r['trial']} | {r['best']:.4f} ({r['best_step']}) | {r['final']:.4f} ({r['final_step']}) | "
                      f"{r['backbone']:.4f} | {r['chunks_seen']} | {r['tokens_seen']} | {r['flops']:.3g} | "
-                     f"{r['wall_s']:.0f} | `{r['run_dir']}` |")
+                     f"{r['wall_s']:.0f} | {r['sim_health']} | `{r['run_dir']}` |")
     lines += ["", "## Plots", ""] + [f"- `{Path(p).name}`: {what}" for what, p in plots.items()]
     lines += ["", "FLOPs: model-FLOPs estimate over the padded positions of the steps behind the final weights "
               "(revela.tuning.compute). "

@@ -81,6 +81,8 @@ def summarize(cfg, params: dict, run_dir: Path, backbone_file: Path, wall_s: flo
     """The trial's record (what the report is built from); every number comes from files in `run_dir`.
     `digest`: the trial's hash as the plan stores it (portable paths; default: hashed from `cfg`)."""
     from revela.train.driver import DEV_SCORES_FILE, metrics_history
+    from revela.train.sim_health import sim_health
+    from revela.train.temperature import read_temperature_file
     from revela.train.worker import METRICS_FILE
     from revela.tuning.compute import flops_per_group, model_shape
 
@@ -121,6 +123,8 @@ def summarize(cfg, params: dict, run_dir: Path, backbone_file: Path, wall_s: flo
                      "metrics": json.loads(backbone_file.read_text())["metrics"]},
         "dev_history": [{"step": r["step"], metric: r.get(metric)} for r in dev],
         "final_loss": history[-1]["loss"] if history else None,
+        "sim_health": sim_health(history, (read_temperature_file(run_dir) or {}).get("temperature"),
+                                 cfg.model.objective.sim, cfg.data.group_size),
         "finished_at": time.time(),
     }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -41,9 +41,20 @@ class LMConfig(StrictModel):
     gradient_checkpointing: bool = False
 
 
+Temperature = Annotated[float, Field(gt=0)] | Literal["auto"]
+
+
 class ObjectiveConfig(StrictModel):
-    temperature: float = Field(1e-4, gt=0)
-    """tau of Sim = softmax(cos / tau) over j != i (method §1.2)."""
+    temperature: Temperature = "auto"
+    """tau of Sim = softmax(cos / tau) over j != i (method §1.2). auto: calibrated before the first step on the first
+    training groups so that Sim's mean row entropy is `target_entropy` of its maximum (docs/temperature.md); a
+    number is used as given (the paper's is 1e-4)."""
+    target_entropy: float = Field(0.7, gt=0, lt=1)
+    """temperature: auto aims the mean Sim row entropy at this fraction of ln(B-1) (0: one-hot, 1: uniform). 0.7: where
+    the GPU runs whose retriever learned sat (tau=0.01 gave 55-90%, the best run 70-77%; bench/TAU_NOTES.md)."""
+    sim: Literal["softmax", "uniform"] = "softmax"
+    """uniform: a control; every other chunk weighted 1/(B-1), so the LM still sees the group but the retriever gets
+    no signal (it is frozen and not run in training)."""
     v_norm: bool | None = None
     """None: on for prose, off for code (method §1.3)."""
     first_half: bool | None = None
@@ -151,11 +162,12 @@ class EvalConfig(StrictModel):
 
 
 # Embedded defaults are a CPU-sized run (minutes on 2 cores); jobs/configs/paper.yaml is the paper's recipe.
-# MiniLM's cosines spread far wider than a decoder's EOS embeddings, so tau=1e-4 would make Sim one-hot (and
-# the retriever's gradient zero); 0.05 keeps it soft.
+# tau is calibrated (temperature: auto): a fixed tau suits one backbone's spread of cosines only; the paper's 1e-4
+# makes MiniLM's Sim one-hot (mean entropy 0-1% of ln(B-1) on real code and prose, bench/TAU_NOTES.md), so the
+# retriever would learn nothing.
 CPU_MODEL = ModelConfig(retriever=RetrieverConfig(max_length=64),
                         lm=LMConfig(max_length=64, lora=LoraSettings(r=16, alpha=32, dropout=0.05)),
-                        objective=ObjectiveConfig(temperature=0.05))
+                        objective=ObjectiveConfig(temperature="auto"))
 CPU_DATA = DataConfig(group_size=8, max_words=48, max_tokens=64, docs_per_window=4)
 CPU_TRAIN = TrainConfig(max_steps=20, lr=1e-3, retriever_lr=2e-5, warmup_steps=4, checkpoint_every=10,
                         heldout_groups=4)

@@ -63,6 +63,18 @@ def similarity_weights(query_emb: torch.Tensor, passage_emb: torch.Tensor, tempe
         return scores.masked_fill(eye, float("-inf")).softmax(dim=-1)
 
 
+def uniform_weights(groups: int, size: int, device: torch.device | None = None) -> torch.Tensor:
+    """The `sim: uniform` control: every other chunk weighted 1/(B-1), [G, B, B]."""
+    off_diagonal = 1.0 - torch.eye(size, device=device)
+    return (off_diagonal / (size - 1)).expand(groups, size, size)
+
+
+def row_entropy(weights: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each row of Sim: 0 for one-hot, ln(B-1) for uniform over the other chunks."""
+    w = weights.detach().float()
+    return -(w * torch.log(w.clamp_min(1e-30))).sum(-1)
+
+
 def as_groups(batch: dict) -> tuple[dict[str, torch.Tensor], bool]:
     """The model's tensors as [G, B, L] (a one-group batch may be [B, L]); also whether it was one bare group."""
     bare = batch["lm_input_ids"].dim() == 2
@@ -88,13 +100,16 @@ def apply_finetune(module: nn.Module, mode: str, lora: LoraSettings, task_type: 
 
 
 class RevelaModel(nn.Module):
-    def __init__(self, retriever: Retriever, lm: nn.Module, lm_tokenizer, temperature: float,
-                 v_norm: bool | None = None, inbatch_chunk: int | None = None, inbatch_backend: str = "auto"):
+    def __init__(self, retriever: Retriever, lm: nn.Module, lm_tokenizer, temperature: float | None,
+                 v_norm: bool | None = None, inbatch_chunk: int | None = None, inbatch_backend: str = "auto",
+                 sim: str = "softmax"):
         super().__init__()
         self.retriever = retriever
         self.lm = lm
         self.lm_tokenizer = lm_tokenizer
         self.temperature = temperature
+        """None until calibrated (objective.temperature: auto, see revela.train.temperature)."""
+        self.sim = sim
         self.v_norm = v_norm
         self.inbatch_chunk = inbatch_chunk
         self.inbatch_backend = inbatch_backend
@@ -124,21 +139,41 @@ class RevelaModel(nn.Module):
         for name, p in backbone.named_parameters():
             if ".pooler." in f".{name}":  # the backbone's own pooler head is unused: we pool hidden states
                 p.requires_grad_(False)
-        lm_model = apply_finetune(lm_model, lc.finetune, lc.lora, "CAUSAL_LM")
         obj = cfg.objective
-        return cls(Retriever(backbone, r_tok, protocol), lm_model, l_tok, obj.temperature, obj.v_norm,
-                   obj.inbatch_chunk, obj.inbatch_backend)
+        if obj.sim == "uniform":  # the control: no retriever signal, so nothing of it is trained (or run)
+            backbone.requires_grad_(False)
+        lm_model = apply_finetune(lm_model, lc.finetune, lc.lora, "CAUSAL_LM")
+        temperature = None if obj.temperature == "auto" else obj.temperature
+        return cls(Retriever(backbone, r_tok, protocol), lm_model, l_tok, temperature, obj.v_norm,
+                   obj.inbatch_chunk, obj.inbatch_backend, obj.sim)
 
-    def similarity(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Sim of each group: [B, B] for a [B, L] batch, else [G, B, B]. Both views go through one retriever forward."""
-        groups, bare = as_groups(batch)
+    def sim_embeddings(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The query-view and passage-view embeddings of each group, [G, B, E] each, from one retriever forward."""
+        groups, _ = as_groups(batch)
         G, B = groups["passage_input_ids"].shape[:2]
         query, passage = _same_width(groups["query_input_ids"].flatten(0, 1), groups["passage_input_ids"].flatten(0, 1))
         q_mask, p_mask = _same_width(groups["query_attention_mask"].flatten(0, 1),
                                      groups["passage_attention_mask"].flatten(0, 1))
         emb = self.retriever.embed(torch.cat([query, passage]), torch.cat([q_mask, p_mask])).view(2, G, B, -1)
-        weights = similarity_weights(emb[0], emb[1], self.temperature)
-        return weights[0] if bare else weights
+        return emb[0], emb[1]
+
+    def retriever_similarity(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The retriever's Sim, softmax(cos / tau) over j != i, whatever `sim` says: [B, B] or [G, B, B]."""
+        if self.temperature is None:
+            raise RuntimeError("model.objective.temperature is 'auto' and has not been calibrated yet "
+                               "(revela.train.temperature.setup_temperature runs before the first step)")
+        weights = similarity_weights(*self.sim_embeddings(batch), self.temperature)
+        return weights[0] if as_groups(batch)[1] else weights
+
+    def similarity(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sim of each group: [B, B] for a [B, L] batch, else [G, B, B]. Both views go through one retriever forward;
+        the `sim: uniform` control runs no retriever at all."""
+        if self.sim == "uniform":
+            groups, bare = as_groups(batch)
+            G, B = groups["lm_input_ids"].shape[:2]
+            weights = uniform_weights(G, B, groups["lm_input_ids"].device)
+            return weights[0] if bare else weights
+        return self.retriever_similarity(batch)
 
     def v_norm_flags(self, batch: dict, groups: int) -> bool | torch.Tensor:
         """V-norm as configured, or (v_norm=None) on for prose and off for code groups: one bool when every group

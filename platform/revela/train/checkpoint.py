@@ -6,7 +6,8 @@ Layout of a checkpoint directory:
   trainable.safetensors    every trainable tensor, for exact resume
   trainer_state.pt         optimizer, scheduler, step, RNG states, data position
   config.yaml              the resolved run config
-  revela_checkpoint.json   step, metrics, base model names, versions; written last: its presence means complete
+  revela_checkpoint.json   step, metrics, base model names, tau of Sim, versions; written last: its presence means
+                           complete
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ def save_checkpoint(directory: str | Path, model: RevelaModel, trainer: Trainer,
         (staging / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
         meta = {"step": trainer.step, "run_name": config.name, "metrics": metrics or {},
                 "retriever": config.model.retriever.name, "lm": config.model.lm.name,
-                "created": time.time(), "versions": versions(), "files": file_sizes(staging)}
+                "temperature": model.temperature, "created": time.time(), "versions": versions(),
+                "files": file_sizes(staging)}
         (staging / CHECKPOINT_MARKER).write_text(json.dumps(meta, indent=2, default=float))
     return directory
 
@@ -139,8 +141,15 @@ def is_complete(directory: str | Path) -> bool:
                for name, size in files.items())
 
 
+def checkpoint_temperature(directory: str | Path) -> float | None:
+    """The tau of Sim the checkpoint was trained with (None for checkpoints older than `temperature: auto`)."""
+    value = json.loads(Path(directory, CHECKPOINT_MARKER).read_text()).get("temperature")
+    return float(value) if value is not None else None
+
+
 def load_checkpoint(directory: str | Path, model: RevelaModel, trainer: Trainer | None = None) -> dict:
     """Restore trainable weights (and optimizer/schedule/RNG when `trainer` is given); returns the data state.
+    A model whose tau is not set yet (`temperature: auto`) gets the checkpoint's; a number in the config wins.
 
     With a trainer, weights go through its engine (plain, DDP or FSDP), so every rank calls this.
     """
@@ -157,6 +166,8 @@ def load_checkpoint(directory: str | Path, model: RevelaModel, trainer: Trainer 
     missing = [n for n, p in own.items() if p.requires_grad and p.data_ptr() not in stored]
     if missing:
         raise ValueError(f"{directory}: trainable tensors missing from the checkpoint: {missing[:5]}")
+    if model.temperature is None:
+        model.temperature = checkpoint_temperature(directory)
     engine = trainer.engine if trainer is not None else model
     set_model_state_dict(engine, state, options=StateDictOptions(full_state_dict=True, strict=False))
     saved = torch.load(directory / "trainer_state.pt", map_location="cpu", weights_only=False)

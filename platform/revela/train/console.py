@@ -21,6 +21,8 @@ from rich.text import Text
 
 from revela.evaluation.actors import EVAL_FILE
 from revela.train.checkpoint import CHECKPOINT_MARKER
+from revela.train.sim_health import SimHealthWatch
+from revela.train.temperature import Calibration, read_temperature_file
 
 
 def _num(row: dict, key: str, spec: str) -> str:
@@ -38,8 +40,14 @@ def duration(seconds: float | None) -> str:
 def step_stats(row: dict) -> str:
     """The numbers a person reads at a glance, from one metrics.jsonl row (missing keys shown as '-')."""
     return (f"loss {_num(row, 'loss', '.4f')} | pass-2 {_num(row, 'pass2_loss', '.4f')} | "
-            f"Sim H {_num(row, 'sim_entropy', '.3f')} | {_num(row, 'groups_per_s', '.2f')} groups/s | "
+            f"Sim H {_num(row, 'sim_entropy', '.3f')}{_sim_share(row)} | {_num(row, 'groups_per_s', '.2f')} groups/s | "
             f"data wait {_num(row, 'data_wait_fraction', '.0%')}")
+
+
+def _sim_share(row: dict) -> str:
+    """Sim H as a share of its maximum ln(B-1), when the row has it: ' (72%)'."""
+    share = row.get("sim_entropy_fraction")
+    return "" if share is None or share != share else f" ({share:.0%})"
 
 
 def step_line(row: dict, max_steps: int, eta_s: float | None) -> str:
@@ -117,8 +125,10 @@ class RunConsole:
     """Context manager around `trainer.fit()`: follows the run directory from a background thread."""
 
     def __init__(self, run_dir: Path, max_steps: int, log_every: int = 1, eval_metric: str | None = None,
-                 stream: TextIO | None = None, interactive: bool | None = None, poll_s: float = 0.5):
+                 stream: TextIO | None = None, interactive: bool | None = None, poll_s: float = 0.5,
+                 sim: str = "softmax"):
         self.run_dir = Path(run_dir)
+        self.health = SimHealthWatch(sim)
         self.max_steps, self.log_every, self.eval_metric = max_steps, log_every, eval_metric
         self.stream = stream or sys.stdout
         self.interactive = self.stream.isatty() if interactive is None else interactive
@@ -135,6 +145,7 @@ class RunConsole:
 
     def __enter__(self) -> "RunConsole":
         self.tail = MetricsTail(self.run_dir / "metrics.jsonl")  # a resumed run's earlier rows are not news
+        self.temperature = read_temperature_file(self.run_dir)  # nor its earlier tau; a resumed worker rewrites it
         self.announced = set(self._checkpoint_dirs())
         if self.interactive:
             self.progress = TwoLineProgress(Console(file=self.stream))
@@ -149,6 +160,10 @@ class RunConsole:
         self.stop_event.set()
         self.thread.join()
         self.poll(final=True)
+        with self.lock:
+            warning = self.health.finish()  # a run shorter than the health window: the verdict over all of it
+        if warning:
+            self.emit(warning)
         if self.progress is not None:
             self.progress.stop()
 
@@ -164,6 +179,7 @@ class RunConsole:
 
     def poll(self, final: bool = False) -> None:
         with self.lock:
+            self._check_temperature()
             for row in self.tail.read():
                 if "step" in row:
                     self._show_step(row)
@@ -182,6 +198,15 @@ class RunConsole:
             self.progress.update(self.task, completed=step, eta=duration(eta), stats=step_stats(row))
         elif step % self.log_every == 0 or step >= self.max_steps:
             self.emit(step_line(row, self.max_steps, eta))
+        warning = self.health.add(row)
+        if warning:
+            self.emit(warning)
+
+    def _check_temperature(self) -> None:
+        current = read_temperature_file(self.run_dir)
+        if current and current != self.temperature:
+            self.temperature = current
+            self.emit(Calibration(**current).line())
 
     def _checkpoint_dirs(self) -> list[Path]:
         return sorted(p for p in self.run_dir.glob("checkpoint_*") if p.is_dir())

@@ -37,8 +37,9 @@ class TrainingData:
     summary: dict
     heldout: list[dict] = field(default_factory=list)
 
-    def score_heldout(self, cfg: RunConfig, checkpoint: str | None) -> dict | None:
-        """Pass-2/pass-3 loss and top-1 same-document hit-rate on the held-out groups (in this process, on CPU)."""
+    def score_heldout(self, cfg: RunConfig, checkpoint: str | None, temperature: float | None = None) -> dict | None:
+        """Pass-2/pass-3 loss and top-1 same-document hit-rate on the held-out groups (in this process, on CPU).
+        `temperature`: tau of Sim when the config's is `auto` (a checkpoint brings its own)."""
         if not self.heldout:
             return None
         from revela.batch import GroupTokenizer
@@ -47,6 +48,8 @@ class TrainingData:
         from revela.train.heldout import heldout_metrics
 
         model = RevelaModel.from_config(cfg.model)
+        if model.temperature is None:
+            model.temperature = temperature
         if checkpoint:
             load_checkpoint(checkpoint, model)
         obj = cfg.model.objective

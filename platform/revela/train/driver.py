@@ -185,14 +185,15 @@ def run(cfg: RunConfig, mode: Mode = "auto", verbose: bool = False, callbacks: t
     from revela.train.console import RunConsole
     from revela.train.data import heldout_and_training_data
     from revela.train.report import write_report
+    from revela.train.temperature import read_temperature_file
 
     run_dir = claim_run_dir(cfg, mode)  # refusals come before Ray starts
     ensure_ray(cfg.ray.address)
     started = time.time()
     data = heldout_and_training_data(cfg, run_dir)
-    before = data.score_heldout(cfg, checkpoint=None)
     with RunConsole(run_dir, cfg.train.max_steps, cfg.train.log_every,
-                    eval_metric=cfg.eval.select_best_by if cfg.eval.datasets else None):
+                    eval_metric=cfg.eval.select_best_by if cfg.eval.datasets else None,
+                    sim=cfg.model.objective.sim):
         result = fit(cfg, run_dir, data.train, verbose, callbacks)
     status = read_status(run_dir)
     if status.get("status") == "non_finite_loss":
@@ -200,10 +201,14 @@ def run(cfg: RunConfig, mode: Mode = "auto", verbose: bool = False, callbacks: t
             f"run {cfg.name!r} stopped: {status['message']}; last good checkpoint: "
             f"{result.checkpoint.path if result.checkpoint else 'none'}")
     checkpoint = final_checkpoint(cfg, run_dir, result)
-    after = data.score_heldout(cfg, checkpoint=checkpoint)
+    # the untrained backbone is scored with the run's tau, known once the workers calibrated it (temperature: auto)
+    temperature = (read_temperature_file(run_dir) or {}).get("temperature")
+    before = data.score_heldout(cfg, checkpoint=None, temperature=temperature)
+    after = data.score_heldout(cfg, checkpoint=checkpoint, temperature=temperature)
     return write_report(run_dir, cfg, checkpoint=checkpoint, history=metrics_history(run_dir),
                         heldout_before=before, heldout_after=after, data_summary=data.summary,
-                        wall_s=time.time() - started, checkpoints=scored_checkpoints(cfg, result))
+                        wall_s=time.time() - started, checkpoints=scored_checkpoints(cfg, result),
+                        temperature=temperature)
 
 
 def final_checkpoint(cfg: RunConfig, run_dir: Path, result: ray.train.Result) -> str:

@@ -25,7 +25,9 @@ def heldout_metrics(model: RevelaModel, tokenizer_for: Callable[[str], GroupToke
         pass2.append(float(out.pass2_loss))
         pass3.append(float(out.loss))
         docs = list(row["doc_ids"])
-        top = out.doc_weights.argmax(-1).tolist()
+        # the retriever's own choice, also under the `sim: uniform` control (which does not use it)
+        weights = model.retriever_similarity(batch) if model.sim == "uniform" else out.doc_weights
+        top = weights.argmax(-1).tolist()
         for i, j in enumerate(top):
             same = sum(1 for k, d in enumerate(docs) if k != i and d == docs[i])
             if same == 0:  # no chunk of the same document to find: the chunk cannot score a hit

@@ -11,7 +11,7 @@ import torch.distributed as dist
 from transformers import get_linear_schedule_with_warmup
 
 from revela.config import TrainConfig
-from revela.model import BATCH_KEYS, RevelaModel
+from revela.model import BATCH_KEYS, RevelaModel, row_entropy
 
 
 class NonFiniteLossError(RuntimeError):
@@ -39,10 +39,13 @@ def global_norm(params) -> torch.Tensor:
 
 
 def sim_stats(weights: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Row entropy of Sim (0 = one-hot, log(B-1) = uniform) and the mean top-1 weight (device scalars)."""
+    """Mean row entropy of Sim (0 = one-hot, ln(B-1) = uniform), as a fraction of ln(B-1) too (NaN at B=2, where
+    Sim has one entry), and the mean top-1 weight (device scalars)."""
     w = weights.detach().float()
-    entropy = -(w * torch.log(w.clamp_min(1e-30))).sum(-1).mean()
-    return {"sim_entropy": entropy, "sim_top1_weight": w.max(-1).values.mean()}
+    entropy = row_entropy(w).mean()
+    maximum = math.log(w.shape[-1] - 1)
+    fraction = entropy / maximum if maximum > 0 else torch.full_like(entropy, math.nan)
+    return {"sim_entropy": entropy, "sim_entropy_fraction": fraction, "sim_top1_weight": w.max(-1).values.mean()}
 
 
 def groups_in(batch: dict) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from revela.config import RunConfig
 from revela.train.checkpoint import versions
+from revela.train.sim_health import sim_health
 
 
 def plot_history(history: list[dict], path: Path) -> Path | None:
@@ -37,16 +38,20 @@ def plot_history(history: list[dict], path: Path) -> Path | None:
 
 def write_report(run_dir: Path, cfg: RunConfig, checkpoint: str | None, history: list[dict],
                  heldout_before: dict | None, heldout_after: dict | None, data_summary: dict, wall_s: float,
-                 checkpoints: list[dict] | None = None) -> dict:
+                 checkpoints: list[dict] | None = None, temperature: float | None = None) -> dict:
+    """`temperature`: the run's tau of Sim (calibrated, for `temperature: auto`); None: the logged one."""
     last = history[-1] if history else {}
+    health = sim_health(history, temperature, cfg.model.objective.sim, cfg.data.group_size)
     report = {
         "run": cfg.name,
         "run_dir": str(run_dir),
         "checkpoint": checkpoint,
         "steps": last.get("step", 0),
         "wall_s": wall_s,
-        "final": {k: last[k] for k in ("loss", "pass2_loss", "loss_gap", "sim_entropy", "tokens_per_s",
-                                        "groups_per_s", "data_wait_fraction") if k in last},
+        "final": {k: last[k] for k in ("loss", "pass2_loss", "loss_gap", "sim_entropy", "sim_entropy_fraction",
+                                        "tokens_per_s", "groups_per_s", "data_wait_fraction") if k in last},
+        "temperature": health["temperature"],
+        "sim_health": health,
         "heldout": {"before": heldout_before, "after": heldout_after},
         "checkpoints": checkpoints or [],
         "data": data_summary,

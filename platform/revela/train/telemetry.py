@@ -14,6 +14,8 @@ GAUGES = {
     "pass2_loss": "NTP loss of the same chunks without in-batch attention",
     "loss_gap": "pass-2 loss minus pass-3 loss: how much the LM gains from the retrieved chunks",
     "sim_entropy": "Mean row entropy of the retriever's in-batch weights",
+    "sim_entropy_fraction": "Mean Sim row entropy as a fraction of its maximum ln(B-1) (0: one-hot, 1: uniform)",
+    "temperature": "tau of Sim = softmax(cos / tau): the config's, or calibrated (temperature: auto)",
     "tokens_per_s": "LM tokens per second, all workers",
     "groups_per_s": "Groups (in-batch attention units) per second, all workers",
     "data_wait_fraction": "Share of wall time the worker waited for data",

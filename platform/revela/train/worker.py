@@ -6,6 +6,7 @@ driver) keeps no checkpoint in storage and scores none, so the run config refuse
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import tempfile
@@ -18,11 +19,12 @@ import torch
 
 from revela.config import RunConfig
 from revela.model import RevelaModel
-from revela.train.checkpoint import gather_training_state, load_checkpoint, save_checkpoint
-from revela.train.loop import NonFiniteLossError, Trainer
+from revela.train.checkpoint import checkpoint_temperature, gather_training_state, load_checkpoint, save_checkpoint
+from revela.train.loop import NonFiniteLossError, Trainer, resolve_precision
 from revela.train.ray_setup import follow_train_log_level
 from revela.train.storage import confirm_worker
 from revela.train.telemetry import DashboardMetrics
+from revela.train.temperature import calibration_batches, setup_temperature
 
 STATUS_FILE = "revela_status.json"
 METRICS_FILE = "metrics.jsonl"
@@ -68,6 +70,26 @@ def train_worker(config: dict) -> None:
     device = ray.train.torch.get_device() if world > 0 else torch.device("cpu")
 
     model = RevelaModel.from_config(cfg.model).to(device)
+    resume = ray.train.get_checkpoint()
+    shard = ray.train.get_dataset_shard("train")
+    per_forward = cfg.train.groups_per_forward
+
+    def epoch_batches():
+        return iter(shard.iter_torch_batches(batch_size=per_forward, prefetch_batches=2))
+
+    # tau before DDP/FSDP wrap the model (rank 0 runs the plain retriever): a resumed run's from its checkpoint,
+    # else calibrated on the first batches of the stream, which every rank then trains on as usual (so all ranks
+    # still consume the same number of batches)
+    first_epoch, first_batches, resumed_tau = epoch_batches(), [], None
+    if resume is not None:
+        with resume.as_directory() as d:
+            resumed_tau = checkpoint_temperature(d)
+    if model.temperature is None and resumed_tau is None:
+        first_batches = list(itertools.islice(first_epoch, calibration_batches(per_forward, cfg.train.grad_accum)))
+    calibration = setup_temperature(model, cfg.model.objective.target_entropy, rank, first_batches, device,
+                                    resolve_precision(cfg.train.precision, device), resumed_tau)
+    if rank == 0:
+        calibration.save(run_dir)
     engine = model
     if world > 1 and cfg.ray.strategy == "fsdp":
         # torch's FSDP directly: Ray's prepare_model only allows it on GPUs, FSDP itself also runs on CPU/gloo
@@ -79,7 +101,6 @@ def train_worker(config: dict) -> None:
     trainer = Trainer(model, cfg.train, device, engine=engine)
 
     data_state = {"epoch": 0, "groups_in_epoch": 0, "world_size": world}
-    resume = ray.train.get_checkpoint()
     if resume is not None:
         with resume.as_directory() as d:
             data_state = {**data_state, **(load_checkpoint(d, model, trainer) or {})}
@@ -87,7 +108,6 @@ def train_worker(config: dict) -> None:
         seed_rank(cfg.train.seed, rank, trainer.step)
         data_state = rescale_position(data_state, world)
     telemetry = DashboardMetrics(cfg.name, start_step=trainer.step) if rank == 0 else None
-    shard = ray.train.get_dataset_shard("train")
 
     validate = bool(cfg.eval.datasets)
 
@@ -104,13 +124,13 @@ def train_worker(config: dict) -> None:
             ray.train.report(metrics, checkpoint=ckpt, validation=validate and rank == 0)
 
     last_metrics: dict = {}
-    per_forward = cfg.train.groups_per_forward
     wait, started, epoch = 0.0, time.perf_counter(), data_state["epoch"]
     interval = {"start": started, "groups": 0, "steps": 0}  # since the last logged step
     skip = data_state["groups_in_epoch"]
     while trainer.step < cfg.train.max_steps:
         pending, consumed = [], 0
-        batches = iter(shard.iter_torch_batches(batch_size=per_forward, prefetch_batches=2))
+        batches = itertools.chain(first_batches, first_epoch) if first_epoch is not None else epoch_batches()
+        first_epoch, first_batches = None, []
         t0 = time.perf_counter()
         for batch in batches:
             wait += time.perf_counter() - t0
@@ -149,7 +169,7 @@ def train_worker(config: dict) -> None:
                                interval_steps=interval["steps"],
                                tokens_per_s=metrics["tokens"] * world / elapsed,
                                groups_per_s=interval["groups"] * world / elapsed,
-                               groups_per_forward=per_forward,
+                               groups_per_forward=per_forward, temperature=model.temperature,
                                data_wait_fraction=wait / (now - started))
                 interval = {"start": now, "groups": 0, "steps": 0}
                 if device.type == "cuda":
