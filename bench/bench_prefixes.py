@@ -80,7 +80,8 @@ def main() -> int:
             scores, idx = search(encode("query", q_prefix), encode("passage", p_prefix), k=100)
             values = per_query(ds.qrels, to_run(ds.query_ids, ds.doc_ids, scores, idx))[MAIN_SCORE]
             mean = float(np.mean(list(values.values())))
-            entry["variants"][label] = {"ndcg_at_10": mean, "ndcg_at_10_ci95": list(bootstrap_ci(list(values.values()))),
+            entry["variants"][label] = {"ndcg_at_10": mean,
+                                        "ndcg_at_10_ci95": list(bootstrap_ci(list(values.values()))),
                                         "per_query": {q: round(v, 6) for q, v in values.items()}}
             print(f"{name} {label}: nDCG@10 {mean:.4f}", flush=True)
         first = variants[0][0]

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from revela.tuning.flags import neighbour_steps, trial_flags
 from revela.tuning.report import write_report
 from test_tuning_plan import per_query_scores, write_plan, write_trial
 
@@ -84,6 +83,8 @@ def test_a_one_step_training_curve_has_markers(tmp_path):
 
 
 def test_far_fewer_steps_than_the_grid_neighbours_is_flagged():
+    from revela.tuning.flags import neighbour_steps, trial_flags
+
     def rec(name, B, steps, retriever="m"):
         return {"trial": name, "steps": steps, "params": {**PARAMS, "group_size": B, "retriever": retriever}}
 

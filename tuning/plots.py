@@ -145,7 +145,7 @@ def plot_training_curves(records: list[dict], path: Path) -> dict:
         color = f"C{n % 10}"
         history = metrics_history(Path(rec["run_dir"]))
         steps = [h["step"] for h in history]
-        (loss_line,) = ax_loss.plot(steps, [h["loss"] for h in history], color=color, marker="o", markersize=3,
+        (loss_line,) = ax_loss.plot(steps, [h["loss"] for h in history], color=color, marker="o", markersize=4,
                                     label=rec["trial"])
         per_step = rec["chunks_seen"] / max(rec["steps"], 1)
         metric = rec["select_best_by"]
@@ -161,7 +161,7 @@ def plot_training_curves(records: list[dict], path: Path) -> dict:
     ax_loss.set_ylabel("pass-3 NTP loss (not comparable across B)")
     ax_loss.set_title("Training loss")
     ax_dev.set_xlabel("chunks seen")
-    ax_dev.set_ylabel("dev nDCG@10 (dotted: untrained, encoded like the checkpoints)")
+    ax_dev.set_ylabel("dev nDCG@10 (dotted: untrained control)")
     ax_dev.set_title("Dev score during training")
     ax_dev.legend(fontsize=7)
     fig.tight_layout()
