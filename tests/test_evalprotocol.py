@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from revela.cli import app
 from revela.evaluation.beir import write_beir
-from revela.evalprotocol import resolve_evaluation_protocol
 from revela.protocol import EncodingProtocol
 from tiny import MINILM_DIR, random_batch, tiny_encoder, tiny_lm, tokenizer
 
@@ -72,8 +71,6 @@ def lr0_checkpoint(tmp_path_factory):
 
 def test_an_lr0_checkpoint_scores_exactly_its_same_protocol_control(lr0_checkpoint, data, tmp_path):
     ckpt, backbone, _ = lr0_checkpoint
-    recorded = EncodingProtocol.load(ckpt / "retriever")
-    assert recorded.passage_max_length == 48  # the checkpoint records the length its backbone declares
     out = tmp_path / "r.json"
     res = CliRunner().invoke(app, ["evaluate", "--model", str(ckpt), "--dataset", str(data), "--output", str(out),
                                    "--no-progress"])  # a checkpoint brings its backbone, scored both ways
@@ -83,9 +80,9 @@ def test_an_lr0_checkpoint_scores_exactly_its_same_protocol_control(lr0_checkpoi
     same, native = entry["baselines"]["backbone_same_protocol"], entry["baselines"]["backbone_native"]
     assert same["model"] == native["model"] == str(backbone)
     model_protocol = report["model"]["protocol"]
+    assert same["protocol"] == model_protocol
     assert (model_protocol["query_prefix"], model_protocol["max_length"], model_protocol["passage_max_length"]) == (
         "query: ", 32, 48)
-    assert same["protocol"] == model_protocol
     assert (native["protocol"]["query_prefix"], native["protocol"]["max_length"],
             native["protocol"]["passage_max_length"]) == ("", 48, 48)  # its own: no prefixes, its declared length
     # untouched weights under the same protocol: the training effect is exactly zero, query by query
@@ -94,11 +91,14 @@ def test_an_lr0_checkpoint_scores_exactly_its_same_protocol_control(lr0_checkpoi
     assert "untrained" in res.output and "model's protocol" in res.output and "its own protocol" in res.output
     runs = tmp_path / "r.runs"
     assert (runs / "tiny.backbone_same_protocol.trec").is_file() and (runs / "tiny.backbone_native.trec").is_file()
+    recorded = EncodingProtocol.load(ckpt / "retriever")
+    assert recorded.passage_max_length == 48  # the checkpoint records the length its backbone declares
 
 
-def test_sweep_baselines_are_scored_like_the_trials_checkpoints(lr0_checkpoint, data):
-    from revela.evaluation.actors import score_checkpoint
+def test_sweep_baselines_are_scored_like_the_trials_checkpoints(lr0_checkpoint, data, tmp_path):
+    from revela.evaluation.actors import EVAL_FILE, score_checkpoint
     from revela.tuning.prepare import baseline_protocol, score_backbone
+    from revela.tuning.trial import read_jsonl
 
     ckpt, backbone, cfg = lr0_checkpoint
     run = cfg.model_dump()
@@ -106,14 +106,21 @@ def test_sweep_baselines_are_scored_like_the_trials_checkpoints(lr0_checkpoint, 
     assert protocol == EncodingProtocol.load(ckpt / "retriever").model_dump()  # known before any checkpoint exists
     kwargs = {"max_queries": 4, "batch_size": 8, "max_length": None, "passage_max_length": None}
     scored = score_backbone(str(backbone), [str(data)], protocol, **kwargs)
-    checkpoint = score_checkpoint(str(ckpt), [str(data)], **kwargs)
+    history = tmp_path / "dev_scores.jsonl"
+    checkpoint = score_checkpoint(str(ckpt), [str(data)], record=True, history_file=str(history), **kwargs)
+    assert all(isinstance(v, float) for v in checkpoint.values())  # what Ray Train gets stays flat
+    (line,) = read_jsonl(history)
+    assert line["per_query"] == json.loads((ckpt / EVAL_FILE).read_text())["per_query"]  # kept for paired tests
     same, native = scored["same_protocol"], scored["native"]
+    assert same["per_query"] == line["per_query"]  # the same sampled queries, the same values: lr 0
     assert same["metrics"]["dev_ndcg_at_10"] == checkpoint["dev_ndcg_at_10"]
     assert same["protocol"]["passage_max_length"] == 48 and native["protocol"]["query_prefix"] == ""
     assert len(same["per_query"]["tiny"]) == 4 and set(same["per_query"]["tiny"]) == set(native["per_query"]["tiny"])
 
 
 def test_default_lengths_follow_what_the_model_declares(tmp_path):
+    from revela.evalprotocol import resolve_evaluation_protocol
+
     plain = save_folder(tiny_encoder(), tmp_path / "plain", declared=48)
     undeclared = save_folder(tiny_encoder(), tmp_path / "undeclared")
     p = resolve_evaluation_protocol(str(plain))
