@@ -44,7 +44,7 @@ def data(tmp_path_factory):
 def lr0_checkpoint(tmp_path_factory):
     """A checkpoint through the real path: one optimizer step under warmup (lr 0, the weights are the backbone's),
     saved by `save_checkpoint`; trained with `query: `/`passage: ` at 32 tokens from a backbone declaring 48."""
-    from revela.config import RunConfig, TrainConfig
+    from revela.config import RunConfig
     from revela.model import RevelaModel
     from revela.train.checkpoint import save_checkpoint
     from revela.train.loop import Trainer
