@@ -81,33 +81,28 @@ def _dev_sets(datasets: list[str], split: str, max_queries: int | None, eval_dir
     return out
 
 
-def score_checkpoint(checkpoint_dir: str, datasets: list[str], *, split: str = "test",
-                     max_queries: int | None = None, batch_size: int = 32, max_length: int | None = None,
-                     passage_max_length: int | None = 512, k: int = 100, prefix: str = "dev",
-                     eval_dir: str | None = None, record: bool = False,
-                     history_file: str | None = None, storage: dict | None = None,
-                     dev_hashes: dict[str, str] | None = None) -> dict[str, float]:
-    """Flat metrics of the retriever in `checkpoint_dir` on `datasets` (directories or suite names).
+def score_model(model: str, datasets: list[str], *, split: str = "test", max_queries: int | None = None,
+                batch_size: int = 32, max_length: int | None = None, passage_max_length: int | None = None,
+                k: int = 100, prefix: str = "dev", eval_dir: str | None = None,
+                protocol: dict | None = None, dev_hashes: dict[str, str] | None = None) -> dict:
+    """{"metrics": flat metrics, "per_query": {dataset: {query id: nDCG@10}}, "protocol": as encoded, "report"}.
 
-    checkpoint_dir is a training checkpoint (revela_checkpoint.json + retriever/), an exported folder or a plain
-    model folder; the retriever is encoded with the protocol it carries, queries at `max_length` (None: as trained)
-    and passages at `passage_max_length` (None: as trained), as `revela evaluate` does. record=True also writes
-    the full report and the flat metrics to `<checkpoint_dir>/revela_eval.json`, attaching the scores to the
-    checkpoint itself.
-    storage (a run's marker, `revela.train.storage`) and dev_hashes (`dev_set_hashes` on the driver): refuse with
-    one line on a node that does not share the run folder or the dev sets.
-    Raises `ModelLoadError` for a folder that is not a usable model.
+    `model` is a training checkpoint (revela_checkpoint.json + retriever/), an exported folder, a plain model folder
+    or an asset name; it is encoded with the protocol it carries (or `protocol`, EncodingProtocol fields), queries
+    at `max_length` (None: as trained) and passages at `passage_max_length` (None: the length the model declares or
+    its checkpoint recorded), as `revela evaluate` does. dev_hashes (`dev_set_hashes` on the driver): refuse with one
+    line a dev set that is missing or different on this node. Raises `ModelLoadError` for a folder that is not a
+    usable model.
     """
-    from revela.evaluation.run import evaluate
-    from revela.train.storage import check_marker
+    from revela.evaluation.run import PER_QUERY, evaluate
 
     if not datasets:
-        raise ValueError("score_checkpoint needs at least one dev dataset")
-    check_marker(storage, "evaluation task")
+        raise ValueError("scoring needs at least one dev dataset")
     start = time.perf_counter()
     sets = _dev_sets(list(datasets), split, max_queries, eval_dir, dev_hashes)
-    report = evaluate(str(checkpoint_dir), sets, None, split=split, batch_size=batch_size, max_length=max_length,
-                      passage_max_length=passage_max_length, k=k, encoder="local", progress=False, show_table=False)
+    report = evaluate(str(model), sets, None, protocol=protocol, split=split, batch_size=batch_size,
+                      max_length=max_length, passage_max_length=passage_max_length, k=k, encoder="local",
+                      progress=False, show_table=False)
     flat: dict[str, float] = {}
     for metric in ("ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100"):
         flat[f"{prefix}_{metric}"] = float(report["average"][metric])
@@ -118,14 +113,39 @@ def score_checkpoint(checkpoint_dir: str, datasets: list[str], *, split: str = "
     step = report["model"]["checkpoint_step"]
     if step is not None:
         flat["checkpoint_step"] = float(step)
+    return {"metrics": flat, "per_query": {name: e[PER_QUERY] for name, e in report["datasets"].items()},
+            "protocol": report["model"]["protocol"], "report": report}
+
+
+def score_checkpoint(checkpoint_dir: str, datasets: list[str], *, record: bool = False,
+                     history_file: str | None = None, storage: dict | None = None,
+                     **score_kwargs) -> dict[str, float]:
+    """Flat metrics of the retriever in `checkpoint_dir` on `datasets` (directories or suite names); score_kwargs
+    as `score_model` (split, max_queries, batch_size, max_length, passage_max_length, k, prefix, eval_dir,
+    protocol).
+
+    record=True also writes the full report, the flat metrics and the per-query nDCG@10 to
+    `<checkpoint_dir>/revela_eval.json`, attaching the scores to the checkpoint itself; `history_file` gets one
+    line per call with the flat metrics and "per_query" ({dataset: {query id: nDCG@10}}, for paired tests). The
+    returned metrics stay flat floats (Ray Train merges them into the checkpoint's metrics). storage (a run's
+    marker, `revela.train.storage`): refuse with one line on a node that does not share the run folder.
+    """
+    from revela.train.storage import check_marker
+
+    check_marker(storage, "evaluation task")
+    scored = score_model(str(checkpoint_dir), datasets, **score_kwargs)
+    flat, per_query = scored["metrics"], scored["per_query"]
     if record:
         target = Path(checkpoint_dir, EVAL_FILE)
         tmp = target.with_name(f".{EVAL_FILE}.tmp")
-        tmp.write_text(json.dumps({"metrics": flat, "report": report}, indent=2, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps({"metrics": flat, "per_query": per_query, "report": scored["report"]}, indent=2,
+                                  allow_nan=False) + "\n")
         os.replace(tmp, target)
     if history_file:
         with open(history_file, "a") as f:
-            f.write(json.dumps({"checkpoint": str(checkpoint_dir), "scored_at": time.time(), **flat}) + "\n")
+            f.write(json.dumps({"checkpoint": str(checkpoint_dir), "scored_at": time.time(), **flat,
+                                "per_query": per_query}) + "\n")
+    prefix = score_kwargs.get("prefix", "dev")
     log.info("scored %s: %s=%.4f", checkpoint_dir, f"{prefix}_ndcg_at_10", flat[f"{prefix}_ndcg_at_10"])
     return flat
 

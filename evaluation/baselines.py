@@ -5,8 +5,9 @@ stemmer (PyStemmer) and English stopwords; documents are `title + " " + text` as
 identifiers are split first (`foo_barBaz` -> `foo bar Baz`), which is the variant offline-assets.md §3b reports
 for stdlib-code (0.458 nDCG@10 vs 0.333 without).
 
-The untrained backbone goes through exactly the dense path of `revela.evaluation.run` (its own pooling config,
-no prefixes); see `evaluate(..., baseline_model=...)`.
+The untrained backbone goes through exactly the dense path of `revela.evaluation.run`, twice: under the model's
+protocol (the control for the effect of training) and under its own (what a user gets untrained); see
+`evaluate(..., baseline_model=...)` and docs/evaluation-protocol.md.
 """
 
 from __future__ import annotations

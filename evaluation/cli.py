@@ -3,8 +3,8 @@
     revela build-evals --out .cache/evals --which stdlib-code,pyfaq
     revela evaluate --model all-minilm-l6-v2 --dataset .cache/evals/stdlib-code --dataset pyfaq \
         --output results/minilm.json --bm25
-    revela evaluate --model runs/r1/checkpoint_000003 --dataset stdlib-code --output results/ckpt3.json \
-        --baseline-model smollm2-135m
+    revela evaluate --model runs/r1/checkpoint_000003 --dataset stdlib-code --output results/ckpt3.json
+        # a checkpoint brings its untrained backbone twice: under the checkpoint's protocol and under its own
     revela evaluate --dataset stdlib-code --output results/bm25.json --bm25        # BM25 only
 
 Exit status 2 for unusable input (bad dataset, model or checkpoint), with the reason on stderr.
@@ -32,13 +32,19 @@ def evaluate_cmd(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="alias, model folder, training checkpoint "
                                                   "or export; leave out with --bm25 for BM25 only")] = None,
     bm25: Annotated[bool, typer.Option("--bm25", help="add BM25 baselines (plain and identifier-split)")] = False,
-    baseline_model: Annotated[Optional[str], typer.Option(help="also score this untrained backbone")] = None,
+    baseline_model: Annotated[Optional[str], typer.Option(help="also score this untrained backbone, under the "
+                                                           "model's protocol and under its own (default for a "
+                                                           "training checkpoint: the backbone it was trained from)")
+                              ] = None,
+    backbone: Annotated[bool, typer.Option("--backbone/--no-backbone", help="score a training checkpoint's "
+                                           "untrained backbone (both ways)")] = True,
     split: Annotated[str, typer.Option(help="qrels split")] = "test",
     batch_size: Annotated[int, typer.Option(callback=at_least(1), help="texts per forward pass")] = 64,
     max_length: Annotated[Optional[int], typer.Option(callback=at_least(2), help="query tokens (default: as "
                                                       "trained)")] = None,
-    passage_max_length: Annotated[int, typer.Option(callback=at_least(2), help="passage tokens (the authors "
-                                                    "evaluate at 512)")] = 512,
+    passage_max_length: Annotated[Optional[int], typer.Option(callback=at_least(2), help="passage tokens "
+                                                              "(default: the length the model declares or its "
+                                                              "checkpoint recorded, else 512)")] = None,
     k: Annotated[int, typer.Option(callback=at_least(1), help="documents retrieved per query")] = 100,
     index: Annotated[str, typer.Option(help="FAISS factory string; Flat = exact")] = "Flat",
     index_params: Annotated[Optional[str], typer.Option(help="FAISS search parameters, e.g. nprobe=32")] = None,
@@ -61,6 +67,8 @@ def evaluate_cmd(
 
         if not ray.is_initialized():
             ray.init()  # attaches to RAY_ADDRESS / a running cluster, else starts a local one
+    if baseline_model is None and backbone and model is not None:
+        baseline_model = checkpoint_baseline(model)
     try:
         evaluate(model, dataset, output, bm25=bm25, baseline_model=baseline_model, split=split,
                  batch_size=batch_size, max_length=max_length, passage_max_length=passage_max_length, k=k,
@@ -69,6 +77,26 @@ def evaluate_cmd(
     except (DatasetError, ModelLoadError, ValueError) as e:  # bad input: say why, no traceback
         _fail(str(e))
     typer.echo(f"wrote {output}")
+
+
+def checkpoint_baseline(model: str) -> str | None:
+    """The backbone a training checkpoint was trained from, when it can be loaded here (else a note and None)."""
+    from revela.evalprotocol import checkpoint_backbone
+    from revela.modelfiles import ModelLoadError, resolve_model_path
+
+    try:
+        name = checkpoint_backbone(resolve_model_path(model))
+    except ModelLoadError:
+        return None  # evaluate names the problem with the model itself
+    if name is None:
+        return None
+    try:
+        resolve_model_path(name)
+    except ModelLoadError as e:
+        typer.echo(f"note: no untrained rows: the checkpoint's backbone {name!r} is not available here ({e}); "
+                   "name one with --baseline-model", err=True)
+        return None
+    return name
 
 
 def build_evals_cmd(

@@ -15,17 +15,24 @@ Report (`SCHEMA`)::
      "model": {"name", "path", "checkpoint_step" (int or null),
                "protocol": {pooling, prefixes, max_length (queries), passage_max_length, ...} as evaluated},
      "settings": {"split", "k", "index", "index_params", "batch_size", "max_length" (queries; null: as trained),
-                  "passage_max_length" (default 512; null: as trained), "encoder", "ignore_identical_ids",
-                  "max_queries"},
+                  "passage_max_length" (as asked; null: the model's declared length, see revela.evalprotocol;
+                  the lengths used are in each protocol), "encoder", "ignore_identical_ids", "max_queries"},
      "versions": {"python", "revela-platform", "torch", "transformers", "ray", "faiss", "bm25s",
                   "pytrec-eval-terrier", "numpy"},
      "datasets": {NAME: {"ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100", "main_score" (= ndcg_at_10),
                          "ndcg_at_10_ci95": [lo, hi], "num_queries", "num_docs", "content_hash", "path", "split",
                          "domain", "skipped": {issue: count}, "run_file": path or null,
-                         "timing_s": {"encode", "search", "metrics"},
+                         "ndcg_at_10_per_query": {query id: nDCG@10}, "timing_s": {"encode", "search", "metrics"},
                          "baselines": {"bm25": {metrics..., "run_file"}, "bm25_ident_split": {...},
-                                       "backbone": {"model": name, "protocol", metrics..., "run_file"}}}},
+                                       "backbone_same_protocol": {"model": name, "protocol", metrics..., "run_file"},
+                                       "backbone_native": {...}},
+                         each baseline with "model_minus_this": {"delta", "low", "high", "level", "p_value",
+                                                                 "verdict", ...} (paired bootstrap over queries)}},
      "average": {"datasets": [NAME, ...], "ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100", "main_score"}}
+
+`backbone_same_protocol` is the untrained backbone encoded exactly like the model (its prefixes, pooling and
+lengths): model minus it is the effect of training. `backbone_native` is the backbone under its own protocol
+(what a user gets without training). Both come with `baseline_model`, see `evaluate`.
 
 When `model` is None the dataset entries hold BM25 (identifier-split BM25 on code datasets) at the top level,
 and `model` is null. Run files go to `<output without .json>.runs/<dataset>[.<baseline>].trec`
@@ -53,6 +60,8 @@ from revela.evaluation.checks import check_finite, check_index, check_lengths, c
 from revela.evaluation.encode import encode_local
 from revela.evaluation.metrics import MAIN_SCORE, aggregate, bootstrap_ci, per_query
 from revela.evaluation.search import EXACT, search, to_run
+from revela.evaluation.significance import NotComparable, paired_difference
+from revela.evalprotocol import EVAL_PASSAGE_MAX_LENGTH, evaluation_protocol, resolve_evaluation_protocol
 from revela.modelfiles import ModelLoadError, checkpoint_step, load_checked_retriever, resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -60,36 +69,25 @@ log = logging.getLogger(__name__)
 SCHEMA = "revela.evaluation/v1"
 METRIC_KEYS = ("ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100", "main_score")
 Encoder = Literal["auto", "local", "ray"]
-__all__ = ["ModelLoadError", "checkpoint_step", "evaluate", "load_retriever", "resolve_model_path"]
+PER_QUERY = "ndcg_at_10_per_query"
+"""Key of each system's per-query nDCG@10 ({query id: value}) in a dataset entry: what paired tests compare."""
+SAME_PROTOCOL, NATIVE = "backbone_same_protocol", "backbone_native"
+__all__ = ["EVAL_PASSAGE_MAX_LENGTH", "ModelLoadError", "checkpoint_step", "evaluate", "evaluation_protocol",
+           "load_retriever", "resolve_model_path"]
 
 
 # --------------------------------------------------------------------------------------------------- models
 
 
-EVAL_PASSAGE_MAX_LENGTH = 512
-"""Tokens per passage at evaluation (the authors' evaluation encodes passages at 512); queries stay as trained."""
-
-
-def evaluation_protocol(protocol, config, max_length: int | None, passage_max_length: int | None):
-    """The protocol to evaluate with: queries at `max_length` (None: as the protocol says), passages at
-    `passage_max_length` (None: as the protocol says), both within the backbone's position limit."""
-    query_len = max_length or protocol.max_length
-    passage_len = passage_max_length or protocol.length("passage")
-    limit = getattr(config, "max_position_embeddings", None)
-    if isinstance(limit, int) and limit > 0 and max(query_len, passage_len) > limit:
-        log.warning("evaluation lengths capped at the backbone's %d positions", limit)
-        query_len, passage_len = min(query_len, limit), min(passage_len, limit)
-    return protocol.model_copy(update={"max_length": int(query_len), "passage_max_length": int(passage_len)})
-
-
 def load_retriever(model: str, max_length: int | None = None, dtype: str | None = None,
-                   passage_max_length: int | None = None):
-    """A checked `Retriever.load` (revela.modelfiles) with the evaluation lengths set, on the GPU when there is one."""
+                   passage_max_length: int | None = None, protocol=None):
+    """A checked `Retriever.load` (revela.modelfiles) with the evaluation protocol and lengths set
+    (revela.evalprotocol), on the GPU when there is one. `protocol` replaces the model's own."""
     import torch
 
-    retriever = load_checked_retriever(model, dtype)
-    retriever.protocol = evaluation_protocol(retriever.protocol, retriever.backbone.config, max_length,
-                                             passage_max_length)
+    path = resolve_model_path(model)
+    resolved = resolve_evaluation_protocol(path, protocol, max_length, passage_max_length)
+    retriever = load_checked_retriever(model, dtype, protocol=resolved)
     if torch.cuda.is_available():
         retriever.to("cuda")
     return retriever
@@ -124,9 +122,15 @@ def load_datasets(datasets, split: str = "test", eval_dir: str | Path | None = N
     """BeirDatasets from directories, suite names or ready BeirDataset objects; names must be unique."""
     from revela.evaluation.suite import resolve_dataset
 
-    out = []
+    out, given = [], {}
     for d in datasets:
-        ds = d if isinstance(d, BeirDataset) else load_beir(resolve_dataset(d, eval_dir), split=split)
+        folder = Path(d.path if isinstance(d, BeirDataset) else resolve_dataset(d, eval_dir))
+        label = d.name if isinstance(d, BeirDataset) else str(d)
+        if folder.resolve() in given:
+            raise ValueError(f"dataset {folder.resolve()} is given twice ({given[folder.resolve()]!r} and "
+                             f"{label!r}); give each dataset once")
+        given[folder.resolve()] = label
+        ds = d if isinstance(d, BeirDataset) else load_beir(folder, split=split)
         out.append(ds.subset(max_queries))
     names = [d.name for d in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -139,13 +143,15 @@ def load_datasets(datasets, split: str = "test", eval_dir: str | Path | None = N
 
 
 def _encode_all(model: str, datasets: list[BeirDataset], encoder: str, batch_size: int, max_length: int | None,
-                passage_max_length: int | None, progress: bool, num_actors: int | None, dtype: str | None):
-    """(protocol dict, [(query emb, doc emb)] per dataset, encode seconds per dataset)."""
+                passage_max_length: int | None, progress: bool, num_actors: int | None, dtype: str | None,
+                protocol=None):
+    """(protocol dict, [(query emb, doc emb)] per dataset, encode seconds per dataset); `protocol` replaces the
+    model's own."""
     if encoder == "auto":  # Ray only when this process already runs it: in-process encoding never imports Ray
         ray = sys.modules.get("ray")
         encoder = "ray" if ray is not None and ray.is_initialized() else "local"
     if encoder == "local":
-        retriever = load_retriever(model, max_length, dtype, passage_max_length)
+        retriever = load_retriever(model, max_length, dtype, passage_max_length, protocol)
         embs, secs = [], []
         for ds in datasets:
             t = time.perf_counter()
@@ -156,21 +162,11 @@ def _encode_all(model: str, datasets: list[BeirDataset], encoder: str, batch_siz
         return retriever.protocol.model_dump(), embs, secs, "local"
     if encoder != "ray":
         raise ValueError(f"encoder must be auto, local or ray, got {encoder!r}")
-    from transformers import AutoConfig
-
     from revela.evaluation.encode import encode_ray
-    from revela.modelfiles import model_folder
-    from revela.protocol import EncodingProtocol
-    from revela.retriever import native_protocol
 
     path = resolve_model_path(model)
     # the protocol the model travels with, read here so the report states it and the lengths can be set
-    inner = model_folder(Path(path))
-    config = None if (inner / "adapter_config.json").is_file() else AutoConfig.from_pretrained(inner)
-    protocol = EncodingProtocol.load(inner) if config is None else native_protocol(str(inner), config)
-    if protocol is None:
-        raise ModelLoadError(f"{inner} has LoRA adapters but no revela_protocol.json")
-    protocol = evaluation_protocol(protocol, config, max_length, passage_max_length)
+    protocol = resolve_evaluation_protocol(path, protocol, max_length, passage_max_length)
     t = time.perf_counter()
     out = encode_ray(path, {"passage": [text for ds in datasets for text in ds.doc_texts()],
                             "query": [text for ds in datasets for text in ds.query_texts()]},
@@ -193,7 +189,17 @@ def _score(ds: BeirDataset, run: dict, ignore_identical_ids: bool) -> dict:
     scores = aggregate(values)
     scores["main_score"] = scores[MAIN_SCORE]
     scores["ndcg_at_10_ci95"] = list(bootstrap_ci(list(values[MAIN_SCORE].values())))
+    scores[PER_QUERY] = {q: round(float(v), 6) for q, v in values[MAIN_SCORE].items()}
     return scores
+
+
+def _model_minus(entry: dict, base: dict) -> dict | None:
+    """The model's nDCG@10 minus a baseline's, paired over queries (revela.evaluation.significance)."""
+    try:
+        diff = paired_difference([{"d": entry[PER_QUERY]}], [{"d": base[PER_QUERY]}])
+    except (KeyError, NotComparable):
+        return None
+    return diff.as_dict()
 
 
 def _tag(name: str) -> str:
@@ -229,18 +235,25 @@ def _versions() -> dict[str, str | None]:
 
 
 def evaluate(model: str | None, datasets, output: str | Path | None = None, *, bm25: bool = False,
-             baseline_model: str | None = None, split: str = "test", batch_size: int = 64,
-             max_length: int | None = None, passage_max_length: int | None = EVAL_PASSAGE_MAX_LENGTH, k: int = 100,
+             baseline_model: str | None = None, protocol: dict | None = None, split: str = "test",
+             batch_size: int = 64, max_length: int | None = None, passage_max_length: int | None = None, k: int = 100,
              index: str = EXACT, index_params: str | None = None, shard_size: int | None = None,
              encoder: Encoder = "auto", num_actors: int | None = None, dtype: str | None = None,
              ignore_identical_ids: bool = True, max_queries: int | None = None, eval_dir: str | Path | None = None,
              progress: bool = True, show_table: bool = True) -> dict:
     """Score `model` (and the asked-for baselines) on `datasets`; write `output` and its run files; the report.
 
-    Queries are encoded at `max_length` tokens (None: as the model was trained), passages at `passage_max_length`
-    (None: as trained), the same for the model and the backbone baseline. Every setting, the model folders, the
-    index string and the output path are checked before anything is encoded; run files and the report are
-    written only once everything has been scored.
+    Queries are encoded at `max_length` tokens (None: as the model was trained, or as it declares), passages at
+    `passage_max_length` (None: the length the model declares or its checkpoint recorded, else 512; see
+    revela.evalprotocol). `protocol` (EncodingProtocol fields) replaces the model's own protocol.
+
+    `baseline_model` (the untrained backbone) is scored twice: under the model's own protocol and lengths
+    (`backbone_same_protocol`: the model minus it is the effect of training) and under the backbone's own protocol
+    (`backbone_native`: what a user gets without training); one encode when the two protocols are the same. Every
+    baseline carries the model's paired difference to it (`model_minus_this`, revela.evaluation.significance).
+
+    Every setting, the model folders, the index string and the output path are checked before anything is
+    encoded; run files and the report are written only once everything has been scored.
     """
     if model is None and not bm25:
         raise ValueError("nothing to evaluate: give a model, or bm25=True for a BM25-only report")
@@ -276,9 +289,9 @@ def evaluate(model: str | None, datasets, output: str | Path | None = None, *, b
         pending.append((runs_dir / name, run, tag))
         return str(runs_dir / name)
 
-    def dense(name: str):
+    def dense(name: str, given=None):
         protocol, embs, secs, used = _encode_all(name, sets, encoder, batch_size, max_length, passage_max_length,
-                                                 progress, num_actors, dtype)
+                                                 progress, num_actors, dtype, given)
         results = []
         for ds, (q, d), enc_s in zip(sets, embs, secs):
             t = time.perf_counter()
@@ -292,21 +305,27 @@ def evaluate(model: str | None, datasets, output: str | Path | None = None, *, b
             results.append((run, metrics))
         return protocol, results, used
 
+    model_protocol = None
     if model is not None:
         path = resolve_model_path(model)
-        protocol, results, used = dense(model)
+        model_protocol, results, used = dense(model, protocol)
         report["model"] = {"name": str(model), "path": str(Path(path).resolve()) if Path(path).exists() else path,
-                           "checkpoint_step": checkpoint_step(path), "protocol": protocol}
+                           "checkpoint_step": checkpoint_step(path), "protocol": model_protocol}
         report["settings"]["encoder"] = used
         for ds, (run, metrics) in zip(sets, results):
             entries[ds.name].update(metrics)
             entries[ds.name]["run_file"] = run_file(f"{ds.name}.trec", run, _tag(str(model)))
     if baseline_model is not None:
-        protocol, results, _ = dense(baseline_model)
-        for ds, (run, metrics) in zip(sets, results):
-            entries[ds.name]["baselines"]["backbone"] = {
-                "model": str(baseline_model), "protocol": protocol, **metrics,
-                "run_file": run_file(f"{ds.name}.backbone.trec", run, _tag(str(baseline_model)))}
+        native = dense(baseline_model)
+        variants = [(NATIVE, native)]
+        if model_protocol is not None:
+            same = native if native[0] == model_protocol else dense(baseline_model, model_protocol)
+            variants.insert(0, (SAME_PROTOCOL, same))
+        for key, (used_protocol, results, _) in variants:
+            for ds, (run, metrics) in zip(sets, results):
+                entries[ds.name]["baselines"][key] = {
+                    "model": str(baseline_model), "protocol": used_protocol, **metrics,
+                    "run_file": run_file(f"{ds.name}.{key}.trec", run, _tag(str(baseline_model)))}
     if bm25:
         from revela.evaluation.baselines import bm25_run
 
@@ -320,8 +339,12 @@ def evaluate(model: str | None, datasets, output: str | Path | None = None, *, b
             if model is None:  # BM25-only report: the right BM25 variant for the domain is the headline
                 best = "bm25_ident_split" if ds.domain == "code" else "bm25"
                 entries[ds.name].update({m: entries[ds.name]["baselines"][best][m]
-                                         for m in (*METRIC_KEYS, "ndcg_at_10_ci95")})
+                                         for m in (*METRIC_KEYS, "ndcg_at_10_ci95", PER_QUERY)})
                 entries[ds.name]["run_file"] = entries[ds.name]["baselines"][best]["run_file"]
+    if model is not None:
+        for e in entries.values():
+            for base in e["baselines"].values():
+                base["model_minus_this"] = _model_minus(e, base)
     first = (*METRIC_KEYS, "ndcg_at_10_ci95", "num_queries", "num_docs", "content_hash")
     report["datasets"] = {name: {**{key: e[key] for key in first if key in e},
                                  **{key: v for key, v in e.items() if key not in first}}
@@ -352,23 +375,31 @@ def print_table(report: dict, file=None) -> None:
     title = f"{model.get('name', 'BM25 only')}" + (f" (step {model['checkpoint_step']})"
                                                    if model.get("checkpoint_step") is not None else "")
     table = Table(title=title)
-    for col in ("dataset", "system", "queries", "docs", "nDCG@10", "95% CI", "R@100", "MRR@10", "MAP@100"):
+    for col in ("dataset", "system", "queries", "docs", "nDCG@10", "95% CI", "model − this (95% CI)", "R@100",
+                "MRR@10", "MAP@100"):
         table.add_column(col, justify="left" if col in ("dataset", "system") else "right")
 
     def row(name, system, e, d):
-        ci = e.get("ndcg_at_10_ci95")
+        ci, diff = e.get("ndcg_at_10_ci95"), e.get("model_minus_this")
         table.add_row(name, system, str(d["num_queries"]), str(d["num_docs"]), f"{e['ndcg_at_10']:.4f}",
-                      f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "", f"{e['recall_at_100']:.4f}",
-                      f"{e['mrr_at_10']:.4f}", f"{e['map_at_100']:.4f}")
+                      f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "",
+                      f"{diff['delta']:+.4f} ({diff['low']:+.3f} to {diff['high']:+.3f})" if diff else "",
+                      f"{e['recall_at_100']:.4f}", f"{e['mrr_at_10']:.4f}", f"{e['map_at_100']:.4f}")
 
+    labels = {SAME_PROTOCOL: "untrained, model's protocol", NATIVE: "untrained, its own protocol"}
+    untrained = set()
     for name, d in report["datasets"].items():
         if report.get("model"):  # in a BM25-only report the headline is one of the baseline rows below
             row(name, "model", d, d)
         for key, base in d.get("baselines", {}).items():
-            row(name, key if key != "backbone" else f"backbone {base['model']}", base, d)
+            row(name, labels.get(key, key), base, d)
+            if key in labels:
+                untrained.add(str(base.get("model")))
+    if untrained:
+        table.caption = f"untrained = {', '.join(sorted(untrained))}"
     avg = report.get("average", {})
     if len(report["datasets"]) > 1 and avg:
         system = "model" if report.get("model") else "bm25 (domain)"
-        table.add_row("average", system, "", "", f"{avg['ndcg_at_10']:.4f}", "",
+        table.add_row("average", system, "", "", f"{avg['ndcg_at_10']:.4f}", "", "",
                       f"{avg['recall_at_100']:.4f}", f"{avg['mrr_at_10']:.4f}", f"{avg['map_at_100']:.4f}")
-    Console(file=file or sys.stdout, width=140).print(table)
+    Console(file=file or sys.stdout, width=170).print(table)

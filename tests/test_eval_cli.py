@@ -79,8 +79,11 @@ def test_baseline_backbone_and_max_length(tiny, tmp_path):
                       show_table=False)
     entry = report["datasets"]["tiny"]
     assert report["model"]["protocol"]["max_length"] == 8
-    assert entry["baselines"]["backbone"]["model"] == MODEL
-    assert entry["baselines"]["backbone"]["ndcg_at_10"] == pytest.approx(entry["ndcg_at_10"])
+    for key in ("backbone_same_protocol", "backbone_native"):  # one encode: the protocols are the same here
+        base = entry["baselines"][key]
+        assert base["model"] == MODEL and base["protocol"] == report["model"]["protocol"]
+        assert base["ndcg_at_10"] == pytest.approx(entry["ndcg_at_10"])
+        assert base["model_minus_this"]["delta"] == 0 and base["model_minus_this"]["verdict"] == "none"
     assert entry["run_file"] is None  # no output, no files
 
 
@@ -88,8 +91,12 @@ def test_bm25_only_and_duplicate_names(tiny, tmp_path):
     report = evaluate(None, [str(tiny[0])], tmp_path / "bm25.json", bm25=True, show_table=False)
     assert report["model"] is None
     assert report["datasets"]["tiny"]["ndcg_at_10"] == report["datasets"]["tiny"]["baselines"]["bm25"]["ndcg_at_10"]
-    with pytest.raises(ValueError, match="share the name"):
+    with pytest.raises(ValueError, match="is given twice .* give each dataset once"):  # a duplicate, not a name clash
         evaluate(None, [str(tiny[0]), str(tiny[0])], None, bm25=True, show_table=False)
+    other = tmp_path / "elsewhere" / "tiny"
+    write_beir(other, CORPUS, QUERIES, QRELS)
+    with pytest.raises(ValueError, match="share the name"):  # two folders, one name
+        evaluate(None, [str(tiny[0]), str(other)], None, bm25=True, show_table=False)
     with pytest.raises(ValueError, match="nothing to evaluate"):
         evaluate(None, [str(tiny[0])], None)
 

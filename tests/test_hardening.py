@@ -114,7 +114,9 @@ def test_1_records_take_their_kind_from_kind_or_language_fields(tmp_path):
 # ------------------------------------------------------------------ 2. evaluation length
 
 
-def test_2_passages_are_evaluated_at_512_tokens_for_model_and_backbone(models, data, tmp_path):
+def test_2_passages_are_evaluated_at_the_declared_length_for_model_and_backbone(models, data, tmp_path):
+    """Issue 18 changed the default from 512 to the length a model declares (512 when it declares none): this
+    checkpoint records none and names no backbone, so 512; the plain backbone declares 48."""
     from revela.evaluation.run import load_retriever
 
     ckpt, backbone = models
@@ -123,18 +125,20 @@ def test_2_passages_are_evaluated_at_512_tokens_for_model_and_backbone(models, d
               "--no-progress")
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the report"))
-    assert report["settings"]["passage_max_length"] == 512 and report["settings"]["max_length"] is None
+    assert report["settings"]["passage_max_length"] is None and report["settings"]["max_length"] is None
     model_protocol = report["model"]["protocol"]
-    base_protocol = report["datasets"]["tiny"]["baselines"]["backbone"]["protocol"]
+    baselines = report["datasets"]["tiny"]["baselines"]
     assert (model_protocol["max_length"], model_protocol["passage_max_length"]) == (32, 512)  # queries as trained
-    assert (base_protocol["max_length"], base_protocol["passage_max_length"]) == (48, 512)  # the same rule
+    assert baselines["backbone_same_protocol"]["protocol"] == model_protocol  # the control: encoded like the model
+    native = baselines["backbone_native"]["protocol"]
+    assert (native["max_length"], native["passage_max_length"]) == (48, 48)  # the same rule: its declared length
     from revela.config import RunConfig
     from revela.configbase import load_config
     from revela.train.driver import checkpoint_and_validation
 
     _, validation = checkpoint_and_validation(load_config(RunConfig, None, [f"eval.datasets=[{data}]"]))
-    assert validation.task_config.fn_kwargs["passage_max_length"] == 512  # in-training scoring: the same lengths
-    retriever = load_retriever(str(ckpt), passage_max_length=512)
+    assert validation.task_config.fn_kwargs["passage_max_length"] is None  # in-training scoring: the same rule
+    retriever = load_retriever(str(ckpt))
     long_doc = CORPUS["d3"][1]
     assert retriever.tokenize([long_doc], "passage")["input_ids"].shape[1] == 512
     assert retriever.tokenize([long_doc], "query")["input_ids"].shape[1] == 32

@@ -145,3 +145,30 @@ def test_groups_in_one_forward_equal_separate_one_group_forwards():
     forced = tiny_revela(v_norm=True)
     forced.load_state_dict(model.state_dict())
     assert not torch.allclose(forced({**groups[1], "is_code": torch.tensor(1)}).loss, separate[1].loss)
+
+
+def test_auto_prefixes_follow_the_backbone(tmp_path):
+    """auto: the backbone's own prompts if it ships them, none for an encoder without (the paper's cost MiniLM
+    nDCG@10, bench/PROTOCOL_NOTES.md), the paper's for a decoder; a configured string is kept as given."""
+    import json
+
+    from revela.config import ModelConfig
+    from revela.model import retriever_protocol
+    from tiny import tiny_encoder, tiny_lm
+
+    encoder, decoder = tiny_encoder().config, tiny_lm().config
+    plain, prompted = tmp_path / "plain", tmp_path / "prompted"
+    plain.mkdir()
+    prompted.mkdir()
+    (prompted / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {"query": "search_query: ", "document": "search_document: "}}))
+
+    def prefixes(config, path, **retriever):
+        p = retriever_protocol(ModelConfig.model_validate({"retriever": retriever}), config, str(path))
+        return p.query_prefix, p.passage_prefix
+
+    assert prefixes(encoder, plain) == ("", "")
+    assert prefixes(encoder, prompted) == ("search_query: ", "search_document: ")
+    assert prefixes(decoder, plain, pooling="eos") == ("query: ", "passage: ")
+    assert prefixes(encoder, plain, query_prefix="q: ") == ("q: ", "")
+    assert prefixes(decoder, plain, pooling="eos", passage_prefix="") == ("query: ", "")

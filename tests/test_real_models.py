@@ -66,6 +66,12 @@ def test_eos_pooled_export_appends_eos_in_the_tokenizer(tmp_path):
     st = SentenceTransformer(str(out), device="cpu")
     texts = ["hello world", "a much longer text that will be truncated " * 5]
     assert st.tokenizer("x")["input_ids"][-1] == tok.eos_token_id
-    reference = ours.encode(texts, "query")
-    assert np.allclose(reference, st.encode(texts, prompt_name="query"), atol=1e-5)
-    assert np.allclose(reference, Retriever.load(str(out)).encode(texts, "query"), atol=1e-5)
+    # the export carries the evaluation length (512 here: nothing declared), which sentence-transformers applies
+    # to queries and passages alike; passages are encoded as `revela evaluate` encodes them
+    from revela.evaluation.run import load_retriever
+
+    reference = load_retriever(str(tmp_path / "m")).encode(texts, "passage")
+    assert np.allclose(reference, st.encode(texts, prompt_name="document"), atol=1e-5)
+    assert np.allclose(reference, Retriever.load(str(out)).encode(texts, "passage"), atol=1e-5)
+    short = texts[:1]  # queries within the trained 16 tokens: the same in both
+    assert np.allclose(ours.encode(short, "query"), st.encode(short, prompt_name="query"), atol=1e-5)

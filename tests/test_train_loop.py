@@ -121,7 +121,8 @@ def test_export_loads_in_sentence_transformers_with_the_same_embeddings(tmp_path
     from sentence_transformers import SentenceTransformer
 
     model = tiny_revela(overrides={"retriever": {"finetune": finetune, "pooling": "mean", "max_length": 32,
-                                                 "lora": {"r": 2}},
+                                                 "lora": {"r": 2}, "query_prefix": "query: ",
+                                                 "passage_prefix": "passage: "},
                                    "lm": {"finetune": "frozen", "max_length": 32}})
     trainer = make_trainer(model, lr=1e-2, warmup_steps=0)
     trainer.train_step([random_batch()])

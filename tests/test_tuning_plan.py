@@ -171,20 +171,46 @@ def test_derived_model_keeps_the_first_layers(tmp_path):
         derive_truncated(str(tmp_path / "src"), 3, tmp_path / "cut3")
 
 
-def write_trial(runs: Path, name: str, params: dict, best: float, backbone: float, losses: list[float]) -> dict:
-    """A finished trial's record and metrics file, as `run_trial` leaves them; returns its plan entry."""
+def per_query_scores(mean: float, queries: int = 200, spread: float = 0.2, seed: int = 0,
+                     noise: float = 0.0, noise_seed: int = 0) -> dict[str, float]:
+    """Per-query nDCG@10 in [0, 1] with exactly this mean: a per-query difficulty shared by every system built with
+    the same `seed` (so differences are paired), plus `noise` of this system's own (`noise_seed`)."""
+    import numpy as np
+
+    base = np.random.default_rng(seed).uniform(-spread, spread, queries)
+    own = np.random.default_rng(1000 + noise_seed).normal(0, noise, queries) if noise else np.zeros(queries)
+    centred = base + own - (base + own).mean()
+    shrink = min(1.0, mean / max(-centred.min(), 1e-9), (1 - mean) / max(centred.max(), 1e-9))  # stay in [0, 1]
+    values = mean + shrink * centred
+    return {f"q{n}": float(v) for n, v in enumerate(values)}
+
+
+def write_trial(runs: Path, name: str, params: dict, best: float, backbone: float, losses: list[float],
+                per_query: dict | None = None, backbone_per_query: dict | None = None, native: float = 0.2,
+                lrs: list[float] | None = None, warmup: int = 1, sim_health: dict | None = None) -> dict:
+    """A finished trial's record and metrics file, as `run_trial` leaves them; returns its plan entry.
+    Per-query scores default to ones with the given means (one dev set, d1, 200 queries)."""
     from revela.config import RunConfig
     from revela.tuning.trial import trial_hash
 
-    run = {"name": name, "ray": {"storage_path": str(runs)}, "train": {"max_steps": len(losses)}}
+    run = {"name": name, "ray": {"storage_path": str(runs)},
+           "train": {"max_steps": len(losses), "warmup_steps": warmup, "lr": 1e-3}}
     run_dir = runs / name
     run_dir.mkdir(parents=True)
+    lrs = lrs or [1e-3] * len(losses)
     with open(run_dir / "metrics.jsonl", "w") as f:
-        for step, loss in enumerate(losses, 1):
-            f.write(json.dumps({"step": step, "loss": loss, "groups": 1, "tokens": 40}) + "\n")
-    flat = {"dev_ndcg_at_10": best, "dev_recall_at_100": 1.0, "dev_mrr_at_10": best, "dev_map_at_100": best,
-            "d1/ndcg_at_10": best, "d1/recall_at_100": 1.0, "d1/mrr_at_10": best, "d1/map_at_100": best}
-    point = {"step": len(losses), "checkpoint": str(run_dir / "checkpoint_x"), "metrics": flat}
+        for step, (loss, lr) in enumerate(zip(losses, lrs), 1):
+            f.write(json.dumps({"step": step, "loss": loss, "groups": 1, "tokens": 40, "lr": lr}) + "\n")
+
+    def flat(value: float) -> dict:
+        return {"dev_ndcg_at_10": value, "dev_recall_at_100": 1.0, "dev_mrr_at_10": value, "dev_map_at_100": value,
+                "d1/ndcg_at_10": value, "d1/recall_at_100": 1.0, "d1/mrr_at_10": value, "d1/map_at_100": value}
+
+    per_query = per_query if per_query is not None else {"d1": per_query_scores(best)}
+    point = {"step": len(losses), "checkpoint": str(run_dir / "checkpoint_x"), "metrics": flat(best),
+             "per_query": per_query}
+    protocol = {"pooling": "mean", "query_prefix": "", "passage_prefix": "", "max_length": 32,
+                "passage_max_length": 256, "normalize": True}
     record = {"trial": name, "params": params, "run_dir": str(run_dir), "tune_trial_dir": None,
               "trial_hash": trial_hash(RunConfig.model_validate(run)),
               "select_best_by": "dev_ndcg_at_10", "datasets": ["d1"], "steps": len(losses),
@@ -193,10 +219,19 @@ def write_trial(runs: Path, name: str, params: dict, best: float, backbone: floa
               "retriever_params": 1000, "lm_params": 5000, "flops": 1e9 * params["group_size"],
               "flops_by_part": {}, "wall_s": 10.0, "train_step_s": 5.0, "dev_eval_s": 1.0, "gpu_hours": 0.0,
               "best": point, "final": point, "dev_history": [{"step": len(losses), "dev_ndcg_at_10": best}],
-              "backbone": {"model": "m", "file": "f", "metrics": {**flat, "dev_ndcg_at_10": backbone,
-                                                                   "d1/ndcg_at_10": backbone}}}
+              "backbone": {"model": "m", "file": "f", "metrics": flat(backbone), "protocol": protocol,
+                           "per_query": backbone_per_query or {"d1": per_query_scores(backbone)},
+                           "native": {"metrics": flat(native), "per_query": None,
+                                      "protocol": {**protocol, "max_length": 256}}}}
+    if sim_health is not None:
+        record["sim_health"] = sim_health
     (run_dir / "revela_trial.json").write_text(json.dumps(record))
     return {"params": params, "run": run}
+
+
+def write_plan(sweep_dir: Path, order: list[str], plan_trials: dict, name: str = "seeds") -> None:
+    (sweep_dir / "sweep.json").write_text(json.dumps({"order": order, "trials": plan_trials, "sweep": {
+        "name": name, "budget": {"steps": 2, "chunks": None, "tokens": None}, "datasets": ["d1"]}}))
 
 
 def test_report_averages_seeds_with_error_bars_and_states_the_trend(tmp_path):
@@ -213,18 +248,19 @@ def test_report_averages_seeds_with_error_bars_and_states_the_trend(tmp_path):
         order.append(name)
     order.append("b32-m-lm-s0")  # never finished: listed, not dropped silently
     plan_trials["b32-m-lm-s0"] = {"params": {}, "run": {"name": "b32-m-lm-s0", "ray": {"storage_path": str(runs)}}}
-    (sweep_dir / "sweep.json").write_text(json.dumps({"order": order, "trials": plan_trials, "sweep": {
-        "name": "seeds", "budget": {"steps": 2, "chunks": None, "tokens": None}, "datasets": ["d1"]}}))
+    write_plan(sweep_dir, order, plan_trials)
     written = write_report(sweep_dir)
     assert written["trials"] == 6 and written["missing"] == ["b32-m-lm-s0"] and written["rows"] == 6 * 2 * 4
     line = written["series"]["nDCG@10 vs group size B, one line per retriever"]
     (label, series), = line.items()
     assert series["x"] == [4, 8, 16] and series["y"] == pytest.approx([0.32, 0.41, 0.37])
-    assert series["backbone"] == pytest.approx(0.25)
+    assert series["backbone"] == pytest.approx(0.25)  # the same-protocol control
     summary = Path(written["summary"]).read_text()
-    assert "does not rise at B=8 → B=16" in summary
+    # every step is a large, consistent difference on 200 paired queries: significant both ways
+    assert "B=4 → B=8: rises +0.0900 (95% CI" in summary and "B=8 → B=16: falls -0.0400 (95% CI" in summary
     assert "0.3200 ± 0.0283" in summary  # sample std over the two seeds
     assert "b32-m-lm-s0" in summary and "trials finished: 6 of 7" in summary
+    assert written["flags"] == {}
 
 
 def test_cli_errors_exit_2(tmp_path):

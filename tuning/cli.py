@@ -69,6 +69,8 @@ def report_cmd(
         typer.echo(f"plot: {path}  ({what})")
     if written["missing"]:
         typer.echo(f"trials without results (left out): {', '.join(written['missing'])}")
+    for name, codes in written["flags"].items():
+        typer.echo(f"flagged: {name} ({', '.join(codes)}); see summary.md, Flags")
 
 
 def register(app: typer.Typer) -> None:

@@ -3,7 +3,8 @@
 `run_trial` reads its cell from the sweep plan (`<sweep>/sweep.json`), trains it with `revela.train.driver.run`
 under a stable run name (so a restarted trial resumes from the run's last checkpoint), and writes the trial's
 record, `<sweep>/runs/<trial>/revela_trial.json`: best and final dev scores, the untrained backbone's score on
-the same dev sets, chunks and tokens seen, time, GPU-hours and a FLOPs estimate. A trial whose run already
+the same dev sets (encoded like the checkpoints, and under its own protocol), per-query nDCG@10 of the best and
+final checkpoints, chunks and tokens seen, time, GPU-hours and a FLOPs estimate. A trial whose run already
 finished with the same config is not trained again: its record is reported as it is.
 
 While training, every Train report reaches Tune with the latest dev score scored so far (the evaluation tasks
@@ -85,6 +86,7 @@ def summarize(cfg, params: dict, run_dir: Path, backbone_file: Path, wall_s: flo
     from revela.train.temperature import read_temperature_file
     from revela.train.worker import METRICS_FILE
     from revela.tuning.compute import flops_per_group, model_shape
+    from revela.tuning.prepare import read_baseline
 
     run = cfg.model_dump()
     metric = cfg.eval.select_best_by
@@ -106,7 +108,8 @@ def summarize(cfg, params: dict, run_dir: Path, backbone_file: Path, wall_s: flo
         if row is None:
             return None
         return {"step": row["step"], "checkpoint": row["checkpoint"],
-                "metrics": {k: v for k, v in row.items() if k.startswith("dev_") or "/" in k}}
+                "metrics": {k: v for k, v in row.items() if k.startswith("dev_") or "/" in k},
+                "per_query": row.get("per_query")}  # {dataset: {query id: nDCG@10}}, for paired tests
 
     return {
         "trial": cfg.name, "params": params, "run_dir": str(run_dir), "tune_trial_dir": tune_dir,
@@ -119,8 +122,7 @@ def summarize(cfg, params: dict, run_dir: Path, backbone_file: Path, wall_s: flo
         "wall_s": wall_s, "train_step_s": step_s, "dev_eval_s": eval_s,
         "gpu_hours": (train_gpus * step_s + cfg.eval.num_gpus * eval_s) / 3600.0,
         "best": point(best), "final": point(final),
-        "backbone": {"model": cfg.model.retriever.name, "file": str(backbone_file),
-                     "metrics": json.loads(backbone_file.read_text())["metrics"]},
+        "backbone": read_baseline(backbone_file),  # same-protocol control; its own protocol under "native"
         "dev_history": [{"step": r["step"], metric: r.get(metric)} for r in dev],
         "final_loss": history[-1]["loss"] if history else None,
         "sim_health": sim_health(history, (read_temperature_file(run_dir) or {}).get("temperature"),

@@ -95,7 +95,8 @@ def export(
     source: str = typer.Argument(..., help="Training checkpoint directory (or a model name/path)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write."),
     max_length: Optional[int] = typer.Option(None, callback=at_least(2),
-                                             help="Max tokens at inference (default: as trained)."),
+                                             help="Max tokens at inference, queries and passages (default: "
+                                                  "queries as trained, passages at the evaluation length)."),
     overwrite: bool = typer.Option(False, help="Replace the model in a non-empty --out folder."),
 ) -> None:
     """Write the retriever as a folder that sentence-transformers and transformers load directly."""

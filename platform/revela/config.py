@@ -24,8 +24,12 @@ class RetrieverConfig(StrictModel):
     """Offline asset alias, local path or hub id (hub ids need a network)."""
     pooling: Literal["auto", "eos", "cls", "mean"] = "auto"
     """auto: eos for decoders; for encoders the backbone's sentence-transformers pooling config, else mean."""
-    query_prefix: str = "query: "
-    passage_prefix: str = "passage: "
+    query_prefix: str = "auto"
+    passage_prefix: str = "auto"
+    """auto: the backbone's own prompts when it ships them (sentence-transformers `prompts`), none for encoders
+    without, the paper's `query: `/`passage: ` for decoders (their EOS embedding is trained with them). Measured on
+    all-MiniLM-L6-v2, which ships none: `query: `/`passage: ` cost 0.031 nDCG@10 on stdlib-code and 0.057 on pyfaq
+    (bench/PROTOCOL_NOTES.md). Any other string is used as given ("" for none)."""
     max_length: int = Field(160, ge=8)
     finetune: Finetune = "full"
     lora: LoraSettings = LoraSettings()
@@ -153,8 +157,9 @@ class EvalConfig(StrictModel):
     batch_size: int = Field(32, ge=1)
     max_length: int | None = Field(None, ge=2)
     """Query tokens at evaluation; None: as trained."""
-    passage_max_length: int | None = Field(512, ge=2)
-    """Passage tokens at evaluation (the authors' evaluation uses 512); None: as trained."""
+    passage_max_length: int | None = Field(None, ge=2)
+    """Passage tokens at evaluation; None: the length the retriever declares (its sentence-transformers
+    max_seq_length, recorded in every checkpoint), else 512 as the authors evaluate decoders (revela.evalprotocol)."""
     num_cpus: float = Field(0.5, ge=0)
     num_gpus: float = Field(0, ge=0)
     select_best_by: str = "dev_ndcg_at_10"

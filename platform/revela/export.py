@@ -3,6 +3,11 @@
 LoRA adapters are merged. The folder carries the encoding protocol three ways: revela_protocol.json (ours),
 sentence-transformers module configs (pooling, normalisation, max length, query/document prompts), and a
 tokenizer that appends EOS itself when the protocol pools the EOS token.
+
+Lengths: the export holds the evaluation protocol (revela.evalprotocol): queries at the trained length, passages at
+the length the backbone declares (recorded in the checkpoint; 512 when none is declared). sentence-transformers has
+one `max_seq_length` for queries and passages: it gets the passage length, so passages are not cut at the short
+training length. `max_length` sets both.
 """
 
 from __future__ import annotations
@@ -46,7 +51,9 @@ def write_sentence_transformers_files(out: Path, protocol: EncodingProtocol, dim
     pooling = {flag: False for flag in ST_POOLING_FLAG.values()}
     pooling[ST_POOLING_FLAG[protocol.pooling]] = True
     (out / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": dim, **pooling}, indent=2))
-    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": protocol.max_length}, indent=2))
+    # one length for queries and passages there: the passage length, which evaluation uses
+    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": protocol.length("passage")},
+                                                              indent=2))
     (out / "config_sentence_transformers.json").write_text(json.dumps({
         "prompts": {"query": protocol.query_prefix, "document": protocol.passage_prefix},
         "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=2))
@@ -88,12 +95,14 @@ def export_retriever(source: str, out: str | Path, max_length: int | None = None
 
     if max_length is not None and max_length < 2:
         raise ExportError(f"max_length must be at least 2 tokens, got {max_length}")
+    from revela.evalprotocol import resolve_evaluation_protocol
+    from revela.modelfiles import resolve_model_path
+
     out = Path(out)
     check_target(out, overwrite)
-    retriever = load_checked_retriever(source)
-    protocol = retriever.protocol
-    if max_length:
-        protocol = protocol.model_copy(update={"max_length": max_length})
+    protocol = resolve_evaluation_protocol(resolve_model_path(source), max_length=max_length,
+                                           passage_max_length=max_length)
+    retriever = load_checked_retriever(source, protocol=protocol)
     with staged_directory(out) as staging:
         retriever.backbone.save_pretrained(staging)
         if protocol.append_eos:

@@ -211,14 +211,30 @@ class RevelaModel(nn.Module):
         return RevelaOutput(loss, sim, pass2_loss)
 
 
+PAPER_PREFIXES = ("query: ", "passage: ")
+"""The prefixes of the authors' training code, used for decoder retrievers that ship no prompts of their own."""
+
+
+def auto_prefixes(backbone_config, path: str) -> tuple[str, str]:
+    """(query, passage) prefixes for "auto": the backbone's own prompts when it ships any, else the paper's for
+    decoders and none for encoders (bench/PROTOCOL_NOTES.md: the paper's cost MiniLM nDCG@10)."""
+    native = native_protocol(path, backbone_config)
+    if native.query_prefix or native.passage_prefix:
+        return native.query_prefix, native.passage_prefix
+    return PAPER_PREFIXES if is_decoder(backbone_config) else ("", "")
+
+
 def retriever_protocol(cfg: ModelConfig, backbone_config, path: str) -> EncodingProtocol:
-    """The protocol the retriever is trained with: configured prefixes/length, pooling resolved for the backbone."""
+    """The protocol the retriever is trained with: configured length, prefixes and pooling resolved for the
+    backbone."""
     rc = cfg.retriever
     pooling = rc.pooling
     if pooling == "auto":
         pooling = "eos" if is_decoder(backbone_config) else native_protocol(path, backbone_config).pooling
-    return EncodingProtocol(pooling=pooling, query_prefix=rc.query_prefix, passage_prefix=rc.passage_prefix,
-                            max_length=rc.max_length)
+    auto = auto_prefixes(backbone_config, path)
+    query = auto[0] if rc.query_prefix == "auto" else rc.query_prefix
+    passage = auto[1] if rc.passage_prefix == "auto" else rc.passage_prefix
+    return EncodingProtocol(pooling=pooling, query_prefix=query, passage_prefix=passage, max_length=rc.max_length)
 
 
 def retriever_protocol_for(cfg: ModelConfig) -> EncodingProtocol:

@@ -92,15 +92,16 @@ def checkpoint_step(path: str | Path) -> int | None:
     return int(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else None
 
 
-def load_checked_retriever(model: str, dtype: str | None = None):
-    """`Retriever.load` after `resolve_model_path`, with clear errors for folders that still do not load."""
+def load_checked_retriever(model: str, dtype: str | None = None, protocol=None):
+    """`Retriever.load` after `resolve_model_path`, with clear errors for folders that still do not load.
+    `protocol` (an EncodingProtocol) replaces the one the model carries."""
     import torch
 
     from revela.retriever import Retriever
 
     path = resolve_model_path(model)
     try:
-        retriever = Retriever.load(path, dtype=getattr(torch, dtype) if dtype else None)
+        retriever = Retriever.load(path, protocol=protocol, dtype=getattr(torch, dtype) if dtype else None)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelLoadError(f"{model}: cannot load as a retriever: {e}") from e
     vocab = len(retriever.tokenizer)

@@ -2,6 +2,7 @@
 
 Layout of a checkpoint directory:
   retriever/               the retriever as HF weights or peft adapters, its tokenizer and revela_protocol.json
+                           (the training protocol plus the passage length evaluation uses, see revela.evalprotocol)
   lm/                      the LM's adapters or full weights and tokenizer (absent when the LM is frozen)
   trainable.safetensors    every trainable tensor, for exact resume
   trainer_state.pt         optimizer, scheduler, step, RNG states, data position
@@ -26,6 +27,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 
 from revela.config import RunConfig
+from revela.evalprotocol import with_declared_passage_length
 from revela.model import RevelaModel
 from revela.retriever import CHECKPOINT_MARKER
 from revela.staging import staged_directory
@@ -109,7 +111,8 @@ def save_checkpoint(directory: str | Path, model: RevelaModel, trainer: Trainer,
     with staged_directory(directory) as staging:
         _save_part(model.retriever.backbone, model.retriever.tokenizer, staging / "retriever",
                    config.model.retriever.name, _subtree(state["model"], "retriever.backbone."))
-        model.retriever.protocol.save(staging / "retriever")
+        # with the passage length the backbone declares: evaluation encodes passages at it by default
+        with_declared_passage_length(model.retriever.protocol, config.model.retriever.name).save(staging / "retriever")
         if config.model.lm.finetune != "frozen":
             _save_part(model.lm, model.lm_tokenizer, staging / "lm", config.model.lm.name,
                        _subtree(state["model"], "lm."))
