@@ -107,7 +107,7 @@ def test_trial_record_and_report_carry_sim_health(tmp_path):
             f.write(json.dumps({"checkpoint_step": 2, "checkpoint": str(run_dir / "c"), "dev_ndcg_at_10": 0.3,
                                 "d1/ndcg_at_10": 0.3}) + "\n")
         backbone = tmp_path / f"{name}-backbone.json"
-        backbone.write_text(json.dumps({"metrics": {"dev_ndcg_at_10": 0.2, "d1/ndcg_at_10": 0.2}}))
+        backbone.write_text(json.dumps({"model": "r", "metrics": {"dev_ndcg_at_10": 0.2, "d1/ndcg_at_10": 0.2}}))
         params = {"group_size": 8, "retriever": "r", "lm": "l", "seed": 0, "lr": 1e-4, "grouping": "adjacent",
                   "temperature": tau, "target_entropy": 0.7, "sim": "softmax", "variant": name}
         record = summarize(cfg, params, run_dir, backbone, 1.0, None)
@@ -125,4 +125,4 @@ def test_trial_record_and_report_carry_sim_health(tmp_path):
     summary = Path(written["summary"]).read_text()
     rows = {line.split(" | ")[0].strip("| "): line for line in summary.splitlines() if line.startswith("| paper")
             or line.startswith("| auto")}
-    assert "| one-hot |" in rows["paper"] and "| ok |" in rows["auto"]
+    assert "sim-one-hot" in rows["paper"] and "sim-" not in rows["auto"]  # the verdict is a trial flag
