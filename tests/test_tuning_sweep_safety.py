@@ -200,7 +200,7 @@ def test_a_copied_sweep_folder_reports_its_own_data(tmp_path, models, dev):
     backbones = {t.name: baseline_path(sweep_dir, t) for t in trials}
     for file in backbones.values():
         file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_text(json.dumps({"metrics": {"dev_ndcg_at_10": 0.1, "dev/ndcg_at_10": 0.1}}))
+        file.write_text(json.dumps({"model": "minilm", "metrics": {"dev_ndcg_at_10": 0.1, "dev/ndcg_at_10": 0.1}}))
     write_plan(sweep_dir, sweep_hash(sweep, base), sweep, base, trials, backbones, {}, "auto")
     fake_finished_runs(trials, sweep_dir, score=0.5)
     for t in trials:
