@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import statistics
@@ -249,13 +250,16 @@ def attention_rows(batches, device, dtype, reps: int, warmup: int, H=14, Hkv=2, 
         return F.scaled_dot_product_attention(q, keys, values, enable_gqa=True)
 
     impls = {
-        "fused": lambda *a: inbatch_attention(*a, backend="triton"),
+        "fused": lambda *a: inbatch_attention(*a, backend="triton"),  # default kernels ($REVELA_INBATCH_KERNEL)
+        "fused_packed": lambda *a: fused_variant("packed", *a),
+        "fused_split": lambda *a: fused_variant("split", *a),
         "blockwise": lambda *a: inbatch_attention(*a, backend="torch"),
         "reference": lambda q, k, v, w, mask: plain_inbatch_attention(q, k, v, w, mask),
         "floor": floor,
     }
     if device.type != "cuda":
-        impls.pop("fused")  # the interpreter on CPU is a correctness tool, not something to time
+        for name in ("fused", "fused_packed", "fused_split"):
+            impls.pop(name)  # the interpreter on CPU is a correctness tool, not something to time
     for B in batches:
         g = torch.Generator(device=device).manual_seed(0)
         for name, fn in impls.items():
@@ -284,6 +288,15 @@ def attention_rows(batches, device, dtype, reps: int, warmup: int, H=14, Hkv=2, 
             yield measured(row, measure, device)
 
 
+def fused_variant(variant: str, *args):
+    """The fused attention with one kernel variant (revela.attention_triton.kernel_variant); backward follows it."""
+    from revela.attention import inbatch_attention
+    from revela.attention_triton import kernel_variant
+
+    with kernel_variant(variant):
+        return inbatch_attention(*args, backend="triton")
+
+
 # ---------------------------------------------------------------------------------------------- agreement
 
 def agreement_rows(device, smoke: bool):
@@ -291,7 +304,6 @@ def agreement_rows(device, smoke: bool):
     last case is what the LM hands in under autocast: fp32 queries and keys (rotary embedding) with half-precision
     values, computed in the autocast dtype."""
     from oracle import plain_inbatch_attention
-    from revela.attention import inbatch_attention
 
     # Triton 3.9's interpreter multiplies bf16 tiles wrongly, so the CPU smoke checks the 16-bit path in fp16
     half = torch.float16 if smoke else torch.bfloat16
@@ -300,8 +312,8 @@ def agreement_rows(device, smoke: bool):
     plain = [torch.float32] if smoke else [half, torch.float32]
     cases = [(shape, (t, t, t), None) for shape in shapes for t in plain]
     cases.append((shapes[0], (torch.float32, torch.float32, half), half))
-    for (G, B, H, Hkv, L, d), dtypes, autocast in cases:
-        def measure(row, G=G, B=B, H=H, Hkv=Hkv, L=L, d=d, dtypes=dtypes, autocast=autocast):
+    for ((G, B, H, Hkv, L, d), dtypes, autocast), variant in itertools.product(cases, ("packed", "split")):
+        def measure(row, G=G, B=B, H=H, Hkv=Hkv, L=L, d=d, dtypes=dtypes, autocast=autocast, variant=variant):
             g = torch.Generator().manual_seed(0)
             q, k, v = (torch.randn(G * B, h, L, d, generator=g).to(device, t).requires_grad_(True)
                        for h, t in zip((H, Hkv, Hkv), dtypes))
@@ -310,8 +322,7 @@ def agreement_rows(device, smoke: bool):
             mask = (torch.arange(L)[None] < lengths[:, None]).to(device)
             flags = torch.tensor([n % 2 == 0 for n in range(G)])
             with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-                out = inbatch_attention(q, k, v, w, mask, v_norm=flags.to(device) if G > 1 else True,
-                                        backend="triton")
+                out = fused_variant(variant, q, k, v, w, mask, flags.to(device) if G > 1 else True)
             ref = torch.cat([plain_inbatch_attention(q[n * B:(n + 1) * B].double(), k[n * B:(n + 1) * B].double(),
                                                      v[n * B:(n + 1) * B].double(), w[n].double(),
                                                      mask[n * B:(n + 1) * B], v_norm=bool(flags[n]) or G == 1)
@@ -327,8 +338,8 @@ def agreement_rows(device, smoke: bool):
         label = names[0] if len(set(names)) == 1 else "/".join(names)
         if autocast is not None:
             label += f" autocast {str(autocast).removeprefix('torch.')}"
-        row = {"table": "agreement", "G": G, "B": B, "H": H, "Hkv": Hkv, "L": L, "d": d, "dtype": label,
-               "device": device_name(device)}
+        row = {"table": "agreement", "variant": variant, "G": G, "B": B, "H": H, "Hkv": Hkv, "L": L, "d": d,
+               "dtype": label, "device": device_name(device)}
         yield measured(row, measure, device)
 
 
@@ -342,13 +353,13 @@ def markdown(rows: list[dict]) -> str:
     lines = []
     agreement = [r for r in rows if r["table"] == "agreement"]
     if agreement:
-        lines += ["| G | B | H/Hkv | L | d | dtype | out | grad q | grad k | grad v | grad w |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| kernels | G | B | H/Hkv | L | d | dtype | out | grad q | grad k | grad v | grad w |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in agreement:
             errs = " | ".join("–" if key not in r else f"{r[key]:.1e}"
                               for key in ("out", "grad_q", "grad_k", "grad_v", "grad_w"))
-            lines.append(f"| {r['G']} | {r['B']} | {r['H']}/{r['Hkv']} | {r['L']} | {r['d']} | {r['dtype']} | {errs} |"
-                         + (f" {r['error']}" if "error" in r else ""))
+            lines.append(f"| {r.get('variant', 'split')} | {r['G']} | {r['B']} | {r['H']}/{r['Hkv']} | {r['L']} | "
+                         f"{r['d']} | {r['dtype']} | {errs} |" + (f" {r['error']}" if "error" in r else ""))
         lines.append("")
     attention = [r for r in rows if r["table"] == "attention"]
     if attention:

@@ -172,3 +172,55 @@ def test_auto_prefixes_follow_the_backbone(tmp_path):
     assert prefixes(decoder, plain, pooling="eos") == ("query: ", "passage: ")
     assert prefixes(encoder, plain, query_prefix="q: ") == ("q: ", "")
     assert prefixes(decoder, plain, pooling="eos", passage_prefix="") == ("query: ", "")
+
+
+def test_retriever_checkpointing_is_exact():
+    from test_lm_passes import assert_same_step, build, grouped_batch, step
+
+    batch = grouped_batch()
+    assert_same_step(step(build(), batch), step(build(retriever={"gradient_checkpointing": True}), batch))
+
+
+ALL_LEVERS = dict(retriever={"gradient_checkpointing": True}, gradient_checkpointing=True, loss_chunk_tokens=16)
+
+
+def test_memory_levers_together_are_exact_and_keep_groups_separate():
+    """Every memory lever on (retriever and both LM passes checkpointed, chunked cross-entropy): the same step as
+    with none, and G groups in one forward still equal G one-group forwards (dropout on, seeded alike)."""
+    from test_lm_passes import assert_same_step, build, grouped_batch, step
+
+    batch = grouped_batch()
+    assert_same_step(step(build(), batch), step(build(**ALL_LEVERS), batch))
+    model = build(**ALL_LEVERS)
+    for module in model.modules():  # separate forwards draw other dropout masks than one joint forward
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    params = [p for p in model.parameters() if p.requires_grad]
+    joint = model(batch)
+    joint_grads = torch.autograd.grad(joint.loss, params)
+    separate = [model({k: v[n] for k, v in batch.items()}) for n in range(2)]
+    separate_loss = sum(out.loss for out in separate) / 2
+    separate_grads = torch.autograd.grad(separate_loss, params)
+    assert torch.allclose(joint.loss, separate_loss, rtol=1e-5)
+    assert torch.allclose(joint.pass2_loss, sum(out.pass2_loss for out in separate) / 2, rtol=1e-5)
+    for a, b in zip(joint_grads, separate_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_compiled_retriever_gives_the_same_step():
+    """model.retriever.compile (torch.compile of the backbone, inductor on the CPU here): same loss and gradients as
+    eager, with dropout off (compiled code draws its own random numbers), and the same state-dict keys."""
+    from test_lm_passes import assert_same_step, build, grouped_batch, step
+
+    no_dropout = {"lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
+    batch = grouped_batch()
+    eager = build(retriever=no_dropout)
+    compiled = build(retriever={**no_dropout, "compile": True})
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+    for model in (eager, compiled):
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    assert_same_step(step(eager, batch), step(compiled, batch))
+    assert_same_step(step(eager, batch), step(compiled, batch))  # the second call runs the cached graph

@@ -17,6 +17,10 @@ Backward needs g_j = dout_r . a_j before any score gradient is known (c_j and th
 The gradient of ||v|| reaches v through autograd (the norm is computed outside the kernels), dw_ij = sum over
 heads and rows of g_j / (n_j + eps) (or g_j), from the stored per-row terms.
 A chunk j with no real key contributes nothing (as in the torch path).
+
+These are the "split" kernels; revela.attention_packed holds the "packed" ones (whole-chunk key tiles, GQA heads
+packed into rows, autotuned), the default for chunks of up to 256 tokens. `kernel_variant` (or
+$REVELA_INBATCH_KERNEL) chooses; both compute the same statistics and gradients.
 """
 
 from __future__ import annotations
@@ -37,6 +41,34 @@ from revela.attention import V_NORM_EPS, compute_dtype
 LOG2E = 1.4426950408889634
 
 VNORM_OFF, VNORM_ON, VNORM_PER_GROUP = 0, 1, 2
+
+KERNEL_VARIANTS = ("auto", "packed", "split")
+_variant = [os.environ.get("REVELA_INBATCH_KERNEL", "auto")]
+
+
+@contextlib.contextmanager
+def kernel_variant(name: str):
+    """Run the fused attention with one set of kernels: "packed" (revela.attention_packed: whole-chunk key tiles,
+    GQA heads packed, autotuned), "split" (the kernels below) or "auto" (packed for chunks of at most
+    attention_packed.MAX_KEYS keys). The default comes from $REVELA_INBATCH_KERNEL, else auto."""
+    if name not in KERNEL_VARIANTS:
+        raise ValueError(f"unknown in-batch kernel variant {name!r}; use one of {KERNEL_VARIANTS}")
+    _variant.append(name)
+    try:
+        yield
+    finally:
+        _variant.pop()
+
+
+def resolve_variant(keys: int) -> str:
+    from revela.attention_packed import MAX_KEYS
+
+    name = _variant[-1]
+    if name not in KERNEL_VARIANTS:
+        raise ValueError(f"REVELA_INBATCH_KERNEL={name!r}: use one of {KERNEL_VARIANTS}")
+    if name == "auto":
+        return "packed" if keys <= MAX_KEYS else "split"
+    return name
 
 
 @triton.jit
@@ -291,11 +323,17 @@ class _FusedInBatchAttention(torch.autograd.Function):
         vn_arg = vn if vn is not None else stats
         flags_arg = flags if flags is not None else stats
         common = dict(GQA=H // Hkv, HEAD_DIM=d, HAS_MASK=key_mask is not None, VNORM=vnorm_mode, **cfg)
-        grid = (triton.cdiv(L, cfg["BLOCK_M"]), N * H)
-        _forward_kernel[grid](
-            q, k, v, vn_arg, w, mask, flags_arg, out, stats[0], stats[-1],
-            *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-            H, L, T, B, scaling * LOG2E, EPS=V_NORM_EPS, **common)
+        ctx.variant = resolve_variant(T)
+        if ctx.variant == "packed":
+            from revela.attention_packed import packed_forward
+
+            packed_forward(q, k, v, vn, w, key_mask, flags, vnorm_mode, scaling, stats, out, cfg["DOT_PRECISION"])
+        else:
+            grid = (triton.cdiv(L, cfg["BLOCK_M"]), N * H)
+            _forward_kernel[grid](
+                q, k, v, vn_arg, w, mask, flags_arg, out, stats[0], stats[-1],
+                *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+                H, L, T, B, scaling * LOG2E, EPS=V_NORM_EPS, **common)
         ctx.save_for_backward(q, k, v, vn, w, key_mask, flags, stats)
         ctx.vnorm_mode, ctx.scaling, ctx.common = vnorm_mode, scaling, common
         return out
@@ -307,6 +345,12 @@ class _FusedInBatchAttention(torch.autograd.Function):
         Hkv, T = k.shape[1], k.shape[2]
         G, B = w.shape[:2]
         common, scaling = ctx.common, ctx.scaling
+        if ctx.variant == "packed":
+            from revela.attention_packed import packed_backward
+
+            dq, dk, dv, dvn, coeff = packed_backward(q, k, v, vn, w, key_mask, flags, ctx.vnorm_mode, scaling, stats,
+                                                     dout, common["DOT_PRECISION"])
+            return dq, dk, dv, dvn, coeff[3].sum(dim=(1, 3)).view(G, B, B).to(w.dtype), None, None, None, None
         cfg = {key: common[key] for key in ("BLOCK_D", "BLOCK_M", "BLOCK_N", "num_warps", "DOT_PRECISION")}
         coeff = torch.empty(4, N, H, B, L, device=q.device, dtype=torch.float32)  # c, dn, D, dw-term
         dq = torch.empty_like(q)
@@ -373,30 +417,37 @@ _DATA_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp
 def compile_kernels(dtype: torch.dtype, head_dim: int, arch: int = 90, gqa: int = 7) -> dict[str, int]:
     """Compile the three kernels ahead of time for an NVIDIA GPU of compute capability `arch` (no GPU needed) with
     the tiles `_launch_config` picks; returns each kernel's shared memory in bytes. Fails if one does not build."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     cfg = _launch_config(head_dim, dtype)
     constants = {"GQA": gqa, "HEAD_DIM": head_dim, "BLOCK_D": cfg["BLOCK_D"], "BLOCK_M": cfg["BLOCK_M"],
                  "BLOCK_N": cfg["BLOCK_N"], "HAS_MASK": True, "VNORM": VNORM_PER_GROUP,
                  "DOT_PRECISION": cfg["DOT_PRECISION"], "EPS": V_NORM_EPS}
-    shared = {}
-    for kernel in (_forward_kernel, _backward_query_kernel, _backward_key_kernel):
-        names = kernel.arg_names
-        signature = {}
-        for name in names:
-            if name in constants:
-                signature[name] = "constexpr"
-            elif name in _STAT_POINTERS:
-                signature[name] = "*fp32"
-            elif name in _FLAG_POINTERS:
-                signature[name] = "*u8"
-            elif name in _DATA_POINTERS:
-                signature[name] = "*" + _DATA_TYPES[dtype]
-            else:
-                signature[name] = "fp32" if name in _FLOAT_ARGS else "i32"
-        used = {k: v for k, v in constants.items() if k in names}
-        compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=used),
-                                  target=GPUTarget("cuda", arch, 32), options={"num_warps": cfg["num_warps"]})
-        shared[kernel.fn.__name__] = compiled.metadata.shared
-    return shared
+    return {kernel.fn.__name__: _compile(kernel, constants, dtype, arch, cfg["num_warps"]).metadata.shared
+            for kernel in (_forward_kernel, _backward_query_kernel, _backward_key_kernel)}
+
+
+def _compile(kernel, constants: dict, dtype: torch.dtype, arch: int, num_warps: int, num_stages: int | None = None,
+             data_pointers: frozenset = frozenset()):
+    """`kernel` compiled for compute capability `arch` with these constexprs (`.metadata.shared`: its shared memory
+    in bytes, `.asm["ptx"]`); `data_pointers` names further pointers in the data's dtype (else fp32 statistics)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = kernel.arg_names
+    signature = {}
+    for name in names:
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name in data_pointers:
+            signature[name] = "*" + _DATA_TYPES[dtype]
+        elif name in _STAT_POINTERS:
+            signature[name] = "*fp32"
+        elif name in _FLAG_POINTERS:
+            signature[name] = "*u8"
+        elif name in _DATA_POINTERS:
+            signature[name] = "*" + _DATA_TYPES[dtype]
+        else:
+            signature[name] = "fp32" if name in _FLOAT_ARGS else "i32"
+    used = {k: v for k, v in constants.items() if k in names}
+    options = {"num_warps": num_warps} | ({"num_stages": num_stages} if num_stages else {})
+    return triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=used),
+                          target=GPUTarget("cuda", arch, 32), options=options)

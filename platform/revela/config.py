@@ -33,6 +33,11 @@ class RetrieverConfig(StrictModel):
     max_length: int = Field(160, ge=8)
     finetune: Finetune = "full"
     lora: LoraSettings = LoraSettings()
+    gradient_checkpointing: bool = False
+    """Recompute each layer of the backbone in backward instead of keeping its activations (docs/performance.md)."""
+    compile: bool = False
+    """torch.compile the backbone's forward (its adapters included): fewer, fused kernels; the first steps (and each
+    new input shape) compile. Opt-in until measured on a GPU (docs/performance.md)."""
 
 
 class LMConfig(StrictModel):
@@ -42,7 +47,12 @@ class LMConfig(StrictModel):
     max_length: int = Field(160, ge=8)
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     """Kernel for each chunk's own causal attention; the in-batch part is added on top of it."""
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | Literal["pass2", "pass3"] = False
+    """Recompute each decoder layer in backward instead of keeping its activations: true (both passes), pass2 (the
+    chunks alone) or pass3 (with the in-batch term). Memory per pass and its cost: docs/performance.md."""
+    loss_chunk_tokens: int | None = Field(None, ge=1)
+    """None: the LM's head over all tokens at once. N: the head and the cross-entropy over N token positions at a
+    time, recomputed in backward, so the [tokens, vocab] logits are never held (same loss and gradients)."""
 
 
 Temperature = Annotated[float, Field(gt=0)] | Literal["auto"]

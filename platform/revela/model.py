@@ -19,6 +19,7 @@ from torch import nn
 
 from revela.config import LoraSettings, ModelConfig
 from revela.inbatch_lm import InBatchState, enable_inbatch_attention
+from revela.lm_passes import LMPasses, enable_layer_checkpointing
 from revela.protocol import EncodingProtocol
 from revela.retriever import Retriever, is_decoder, native_protocol
 
@@ -102,7 +103,7 @@ def apply_finetune(module: nn.Module, mode: str, lora: LoraSettings, task_type: 
 class RevelaModel(nn.Module):
     def __init__(self, retriever: Retriever, lm: nn.Module, lm_tokenizer, temperature: float | None,
                  v_norm: bool | None = None, inbatch_chunk: int | None = None, inbatch_backend: str = "auto",
-                 sim: str = "softmax"):
+                 sim: str = "softmax", lm_passes: LMPasses | None = None):
         super().__init__()
         self.retriever = retriever
         self.lm = lm
@@ -113,6 +114,7 @@ class RevelaModel(nn.Module):
         self.v_norm = v_norm
         self.inbatch_chunk = inbatch_chunk
         self.inbatch_backend = inbatch_backend
+        self.lm_passes = lm_passes or LMPasses()
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, lm_model: nn.Module | None = None,
@@ -131,10 +133,15 @@ class RevelaModel(nn.Module):
             lm_model = lm_model or AutoModelForCausalLM.from_pretrained(l_path, dtype=torch.float32)
         r_tok, l_tok = tokenizers
         protocol = retriever_protocol(cfg, retriever_backbone.config, getattr(r_tok, "name_or_path", ""))
-        if lc.gradient_checkpointing:
-            lm_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if getattr(retriever_backbone.config, "use_cache", False):
+            retriever_backbone.config.use_cache = False  # an encoder never decodes: no KV cache alongside the forward
+        if rc.gradient_checkpointing:
+            enable_layer_checkpointing(retriever_backbone)
         enable_inbatch_attention(lm_model, lc.attn_implementation)
         lm_model.config.use_cache = False
+        passes = {True: (2, 3), "pass2": (2,), "pass3": (3,)}.get(lc.gradient_checkpointing, ())
+        lm_passes = LMPasses(lc.loss_chunk_tokens, passes)
+        lm_passes.prepare(lm_model)
         backbone = apply_finetune(retriever_backbone, rc.finetune, rc.lora, "FEATURE_EXTRACTION")
         for name, p in backbone.named_parameters():
             if ".pooler." in f".{name}":  # the backbone's own pooler head is unused: we pool hidden states
@@ -143,9 +150,14 @@ class RevelaModel(nn.Module):
         if obj.sim == "uniform":  # the control: no retriever signal, so nothing of it is trained (or run)
             backbone.requires_grad_(False)
         lm_model = apply_finetune(lm_model, lc.finetune, lc.lora, "CAUSAL_LM")
+        for module, checkpointed in ((backbone, rc.gradient_checkpointing), (lm_model, passes)):
+            if checkpointed:  # peft re-adds the embeddings hook that only reentrant checkpointing needs
+                module.disable_input_require_grads()
+        if rc.compile:
+            backbone.compile()  # in place: same module and state-dict keys, compiled __call__
         temperature = None if obj.temperature == "auto" else obj.temperature
         return cls(Retriever(backbone, r_tok, protocol), lm_model, l_tok, temperature, obj.v_norm,
-                   obj.inbatch_chunk, obj.inbatch_backend, obj.sim)
+                   obj.inbatch_chunk, obj.inbatch_backend, obj.sim, lm_passes)
 
     def sim_embeddings(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The query-view and passage-view embeddings of each group, [G, B, E] each, from one retriever forward."""
@@ -201,13 +213,10 @@ class RevelaModel(nn.Module):
             v_norm = v_norm.to(weights.device, non_blocking=True)
         ids, mask = groups["lm_input_ids"].flatten(0, 1), groups["lm_attention_mask"].flatten(0, 1)
         captured = InBatchState(capture=True)
-        pass2 = self.lm(input_ids=ids, attention_mask=mask, revela_inbatch=captured,
-                        logits_to_keep=0 if measure_pass2 else 1)
-        pass2_loss = group_lm_loss(pass2.logits.detach(), ids, mask, G).mean() if measure_pass2 else None
-        del pass2
+        pass2 = self.lm_passes.run(self.lm, ids, mask, G, captured, number=2, with_loss=measure_pass2)
+        pass2_loss = pass2.mean() if measure_pass2 else None
         state = captured.attend(weights, mask.bool(), v_norm, self.inbatch_chunk, self.inbatch_backend)
-        pass3 = self.lm(input_ids=ids, attention_mask=mask, revela_inbatch=state)
-        loss = group_lm_loss(pass3.logits, ids, mask, G).mean()
+        loss = self.lm_passes.run(self.lm, ids, mask, G, state, number=3).mean()
         return RevelaOutput(loss, sim, pass2_loss)
 
 
