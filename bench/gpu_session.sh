@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one GPU acceptance check (issue 14): a fresh GPU machine trains, benchmarks and sweeps, in one call of about
-# 8 minutes on an H100/H200 including the install, then prints one summary screen. Stages, each with its own
+# The one GPU acceptance check (issue 14): a fresh GPU machine trains, benchmarks and sweeps in one call (target: 8
+# minutes on an H100/H200 including the install; not yet run on a GPU), then prints one summary screen. Stages, each with its own
 # timeout (cut to what is left of the session budget, keeping the later stages' minimum):
 #   0 setup       the GPU bundle (slim Ray without dashboard packages, faiss, datasets, eval packages), the package,
 #                 the card and versions, and an import check of everything the later stages need
