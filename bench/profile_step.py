@@ -37,6 +37,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "platform")]  # runs from a bare checkout (no install needed)
 
+from bench_step import random_groups  # noqa: E402 (same folder; the step table's batches)
+
 GIB = 2**30
 # Memory levers: ModelConfig overrides on top of the step's config (see docs/performance.md).
 LEVERS = {
@@ -88,21 +90,6 @@ def build(config_dir: Path, layers: int, L: int, lora_r: int, lever: dict, devic
         backbone = AutoModel.from_config(lm_config(config_dir, layers), dtype=torch.float32)
         lm = AutoModelForCausalLM.from_config(lm_config(config_dir, layers), dtype=torch.float32)
     return RevelaModel.from_config(cfg, lm_model=lm, retriever_backbone=backbone, tokenizers=(None, None)).to(device)
-
-
-def random_groups(G: int, B: int, L: int, vocab: int, device, seed: int = 0) -> dict:
-    """G groups of B chunks; a quarter of the chunks end in padding; the query view is the first half."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, vocab, (G, B, L), generator=g)
-    mask = torch.ones(G, B, L, dtype=torch.long)
-    lengths = torch.randint(L // 2, L, (G, B), generator=g)
-    short = torch.rand(G, B, generator=g) < 0.25
-    mask[short[..., None] & (torch.arange(L) >= lengths[..., None])] = 0
-    half = mask.clone()
-    half[..., L // 2:] = 0
-    batch = {"query_input_ids": ids, "query_attention_mask": half, "passage_input_ids": ids,
-             "passage_attention_mask": mask, "lm_input_ids": ids, "lm_attention_mask": mask}
-    return {k: v.to(device) for k, v in batch.items()} | {"is_code": torch.zeros(G, dtype=torch.long)}
 
 
 def measure(model, batch, device, precision: str) -> dict:
@@ -456,7 +443,7 @@ def main() -> None:
                         args.trace_dir.mkdir(parents=True, exist_ok=True)
                     try:
                         model = build(args.config, layers, args.L, args.lora_r, LEVERS[lever], device)
-                        batch = random_groups(G, args.B, args.L, model.lm.config.vocab_size, device)
+                        batch = random_groups(G, args.B, args.L, *[model.lm.config.vocab_size] * 2, device)
                         if device.type == "cuda":
                             torch.cuda.reset_peak_memory_stats(device)
                         row.update(time_step(model, batch, device, "bf16" if precision == "bf16" else "fp32",
@@ -487,7 +474,7 @@ def main() -> None:
                            "layers": layers, "lora_r": args.lora_r, "device": str(device)}
                     try:
                         model = build(args.config, layers, args.L, args.lora_r, LEVERS[lever], device)
-                        batch = random_groups(G, args.B, args.L, model.lm.config.vocab_size, device)
+                        batch = random_groups(G, args.B, args.L, *[model.lm.config.vocab_size] * 2, device)
                         result = measure(model, batch, device, precision)
                         result["top_all"] = result.pop("top")
                         row.update(result)

@@ -29,7 +29,8 @@ import triton
 import triton.language as tl
 
 from revela.attention import V_NORM_EPS
-from revela.attention_triton import LOG2E, _score_tile, _tile, _v_norm_coefficients
+from revela.attention_triton import (LOG2E, _key_grads, _key_tile_inputs, _score_tile, _strides, _tile,
+                                     _v_norm_coefficients)
 
 MAX_KEYS = 256
 """Longest chunk the whole-chunk tiles take (registers hold a [BLOCK_M, T] score tile); longer ones use "split"."""
@@ -197,14 +198,8 @@ def _packed_backward_key_kernel(
     dims = tl.arange(0, BLOCK_D)
     t_ok = ts < T
     dim_ok = dims < HEAD_DIM
-    k = _tile(K, nj, hk, ts, dims, skn, skh, skt, skd, t_ok, dim_ok)
-    v = _tile(V, nj, hk, ts, dims, svn, svh, svt, svd, t_ok, dim_ok)
-    key_ok = t_ok
-    if HAS_MASK:
-        key_ok = key_ok & (tl.load(KM + nj * T + ts, mask=t_ok, other=0) != 0)
-    vn = tl.zeros([BLOCK_N], dtype=tl.float32)
-    if VNORM != 0:
-        vn = tl.load(VN + (nj * hkv + hk) * T + ts, mask=t_ok, other=0.0)
+    k, v, key_ok, vn = _key_tile_inputs(K, V, VN, KM, nj, hk, hkv, ts, dims, T, skn, skh, skt, skd,
+                                        svn, svh, svt, svd, t_ok, dim_ok, BLOCK_N, HAS_MASK, VNORM)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dvn = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -218,19 +213,11 @@ def _packed_backward_key_kernel(
             q = _row_tile(Q, ni, h, lrow, dims, sqn, sqh, sql, sqd, row_ok, dim_ok)
             do = _row_tile(DO, ni, h, lrow, dims, sdn, sdh, sdl, sdd, row_ok, dim_ok)
             stat = ((ni * H + h) * B + j) * L + lrow
-            lse = tl.load(Lse + stat, mask=row_ok, other=float("inf"))
-            c = tl.load(Cf + stat, mask=row_ok, other=0.0)
-            dsum = tl.load(Ds + stat, mask=row_ok, other=0.0)
-            st = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
-            pt = tl.exp2(tl.where(key_ok[:, None], st, float("-inf")) - lse[None, :])
-            dv += tl.dot((pt * c[None, :]).to(do.dtype), do, input_precision=DOT_PRECISION)
-            dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-            dst = pt * (c[None, :] * dpt - dsum[None, :])
-            if VNORM != 0:
-                dn = tl.load(Dn + stat, mask=row_ok, other=0.0)
-                dst += pt * (vn[:, None] * dn[None, :])
-                dvn += tl.sum(pt * dn[None, :], 1)
-            dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT_PRECISION)
+            ddk, ddv, ddvn = _key_grads(q, do, k, v, key_ok, vn, Lse, Cf, Ds, Dn, stat, row_ok, qk_scale,
+                                        VNORM, DOT_PRECISION)
+            dk += ddk
+            dv += ddv
+            dvn += ddvn
     out = (pid_s * tl.num_programs(1) + nj * hkv + hk) * T + ts
     key_tile = t_ok[:, None] & dim_ok[None, :]
     tl.store(DK + out[:, None] * HEAD_DIM + dims[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=key_tile)
@@ -307,10 +294,6 @@ def _launch(kernel, entries: list[Tiles], grid, args: tuple, meta: dict) -> None
     if key not in _AUTOTUNED:
         _AUTOTUNED[key] = triton.autotune(configs=[e.triton() for e in entries], key=AUTOTUNE_KEY)(kernel)
     _AUTOTUNED[key][grid](*args, **meta)
-
-
-def _strides(t: torch.Tensor) -> tuple[int, ...]:
-    return tuple(t.stride())
 
 
 def packed_forward(q, k, v, vn, w, key_mask, flags, vnorm_mode, scaling, stats, out, dot_precision: str) -> None:

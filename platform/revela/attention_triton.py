@@ -235,6 +235,43 @@ def _backward_query_kernel(
 
 
 @triton.jit
+def _key_tile_inputs(K, V, VN, KM, nj, hk, hkv, ts, dims, T, skn, skh, skt, skd, svn, svh, svt, svd, t_ok, dim_ok,
+                     BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, VNORM: tl.constexpr):
+    """What a key-side program keeps on chip for its tile of keys ts of chunk nj, key/value head hk: the key and
+    value tiles, which keys are real, and the keys' stored V-norm statistic (zeros without V-norm)."""
+    k = _tile(K, nj, hk, ts, dims, skn, skh, skt, skd, t_ok, dim_ok)
+    v = _tile(V, nj, hk, ts, dims, svn, svh, svt, svd, t_ok, dim_ok)
+    key_ok = t_ok
+    if HAS_MASK:
+        key_ok = key_ok & (tl.load(KM + nj * T + ts, mask=t_ok, other=0) != 0)
+    vn = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if VNORM != 0:
+        vn = tl.load(VN + (nj * hkv + hk) * T + ts, mask=t_ok, other=0.0)
+    return k, v, key_ok, vn
+
+
+@triton.jit
+def _key_grads(q, do, k, v, key_ok, vn, Lse, Cf, Ds, Dn, stat, row_ok, qk_scale,
+               VNORM: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One block of query rows' contribution to a key tile's dk (before sm_scale), dv and d||v||."""
+    lse = tl.load(Lse + stat, mask=row_ok, other=float("inf"))
+    c = tl.load(Cf + stat, mask=row_ok, other=0.0)
+    dsum = tl.load(Ds + stat, mask=row_ok, other=0.0)
+    st = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
+    pt = tl.exp2(tl.where(key_ok[:, None], st, float("-inf")) - lse[None, :])
+    dv = tl.dot((pt * c[None, :]).to(do.dtype), do, input_precision=DOT_PRECISION)
+    dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+    dst = pt * (c[None, :] * dpt - dsum[None, :])
+    dvn = tl.zeros_like(vn)
+    if VNORM != 0:
+        dn = tl.load(Dn + stat, mask=row_ok, other=0.0)
+        dst += pt * (vn[:, None] * dn[None, :])
+        dvn = tl.sum(pt * dn[None, :], 1)
+    dk = tl.dot(dst.to(q.dtype), q, input_precision=DOT_PRECISION)
+    return dk, dv, dvn
+
+
+@triton.jit
 def _backward_key_kernel(
     Q, K, V, VN, KM, DO, DK, DV, DVN, Lse, Cf, Dn, Ds,
     sqn, sqh, sql, sqd, skn, skh, skt, skd, svn, svh, svt, svd, sdn, sdh, sdl, sdd,
@@ -254,14 +291,8 @@ def _backward_key_kernel(
     dims = tl.arange(0, BLOCK_D)
     t_ok = ts < T
     dim_ok = dims < HEAD_DIM
-    k = _tile(K, nj, hk, ts, dims, skn, skh, skt, skd, t_ok, dim_ok)
-    v = _tile(V, nj, hk, ts, dims, svn, svh, svt, svd, t_ok, dim_ok)
-    key_ok = t_ok
-    if HAS_MASK:
-        key_ok = key_ok & (tl.load(KM + nj * T + ts, mask=t_ok, other=0) != 0)
-    vn = tl.zeros([BLOCK_N], dtype=tl.float32)
-    if VNORM != 0:
-        vn = tl.load(VN + (nj * hkv + hk) * T + ts, mask=t_ok, other=0.0)
+    k, v, key_ok, vn = _key_tile_inputs(K, V, VN, KM, nj, hk, hkv, ts, dims, T, skn, skh, skt, skd,
+                                        svn, svh, svt, svd, t_ok, dim_ok, BLOCK_N, HAS_MASK, VNORM)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dvn = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -273,19 +304,11 @@ def _backward_key_kernel(
             q = _tile(Q, ni, h, rows, dims, sqn, sqh, sql, sqd, row_ok, dim_ok)
             do = _tile(DO, ni, h, rows, dims, sdn, sdh, sdl, sdd, row_ok, dim_ok)
             stat = ((ni * H + h) * B + j) * L + rows
-            lse = tl.load(Lse + stat, mask=row_ok, other=float("inf"))
-            c = tl.load(Cf + stat, mask=row_ok, other=0.0)
-            dsum = tl.load(Ds + stat, mask=row_ok, other=0.0)
-            st = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
-            pt = tl.exp2(tl.where(key_ok[:, None], st, float("-inf")) - lse[None, :])
-            dv += tl.dot((pt * c[None, :]).to(do.dtype), do, input_precision=DOT_PRECISION)
-            dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-            dst = pt * (c[None, :] * dpt - dsum[None, :])
-            if VNORM != 0:
-                dn = tl.load(Dn + stat, mask=row_ok, other=0.0)
-                dst += pt * (vn[:, None] * dn[None, :])
-                dvn += tl.sum(pt * dn[None, :], 1)
-            dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT_PRECISION)
+            ddk, ddv, ddvn = _key_grads(q, do, k, v, key_ok, vn, Lse, Cf, Ds, Dn, stat, row_ok, qk_scale,
+                                        VNORM, DOT_PRECISION)
+            dk += ddk
+            dv += ddv
+            dvn += ddvn
     out = (nj * H + h) * T + ts
     key_tile = t_ok[:, None] & dim_ok[None, :]
     tl.store(DK + out[:, None] * BLOCK_D + dims[None, :], dk * sm_scale, mask=key_tile)
