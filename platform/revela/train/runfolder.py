@@ -21,6 +21,7 @@ finished trials), so every JSON file is replaced whole (`write_json`) and JSONL 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -113,6 +114,15 @@ def clear_status(run_dir: str | Path) -> None:
     Path(run_dir, STATUS_FILE).unlink(missing_ok=True)
 
 
+def config_hash(cfg) -> str:
+    """What makes two runs the same run (RUN_FILE records it): everything in the RunConfig `cfg` except how many
+    steps to take and where Ray runs."""
+    data = cfg.model_dump()
+    data["train"].pop("max_steps")
+    data.pop("ray")
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def read_run_record(run_dir: str | Path) -> dict | None:
     """{"config_hash", "config"} of the run that claimed the folder; None for a folder no run claimed."""
     return read_json(Path(run_dir, RUN_FILE))
@@ -126,15 +136,29 @@ def read_report(run_dir: str | Path) -> dict | None:
     return read_json(Path(run_dir, REPORT_FILE))
 
 
+def read_temperature(run_dir: str | Path) -> dict | None:
+    """The run's tau as rank 0 wrote it (`revela.train.temperature.Calibration` fields); None before it did."""
+    return read_json(Path(run_dir, TEMPERATURE_FILE))
+
+
 def metrics_history(run_dir: str | Path) -> list[dict]:
     """Logged steps, one row per step: after a restart the retrained steps' latest values win."""
-    rows = read_jsonl(Path(run_dir, METRICS_FILE))
+    return latest_per_step(read_jsonl(Path(run_dir, METRICS_FILE)))
+
+
+def latest_per_step(rows: list[dict]) -> list[dict]:
+    """metrics.jsonl's rows (every logged step, restarts included) -> one row per step, the latest, by step."""
     return sorted({row["step"]: row for row in rows}.values(), key=lambda row: row["step"])
 
 
 def dev_history(run_dir: str | Path) -> list[dict]:
     """Scored checkpoints by step, each row with "step" (a step scored twice, after a restart, keeps its latest
     score)."""
-    rows = [r for r in read_jsonl(Path(run_dir, DEV_SCORES_FILE)) if "checkpoint_step" in r]
-    by_step = {int(r["checkpoint_step"]): {**r, "step": int(r["checkpoint_step"])} for r in rows}
+    return scored_per_step(read_jsonl(Path(run_dir, DEV_SCORES_FILE)))
+
+
+def scored_per_step(rows: list[dict]) -> list[dict]:
+    """dev_scores.jsonl's rows (every scoring, restarts included) -> one row per checkpoint step, the latest."""
+    by_step = {int(r["checkpoint_step"]): {**r, "step": int(r["checkpoint_step"])}
+               for r in rows if "checkpoint_step" in r}
     return [by_step[s] for s in sorted(by_step)]
