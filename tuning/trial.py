@@ -43,6 +43,11 @@ class DevScoreReport(TuneReportCallback):
         super().after_report(run_context, metrics, checkpoint)
 
 
+def interval_steps(row: dict) -> int:
+    """The optimizer steps a metrics.jsonl row stands for (rows from before the field existed: one)."""
+    return int(row.get("interval_steps", 1))
+
+
 def trial_hash(cfg) -> str:
     return f"{config_hash(cfg)}-{cfg.train.max_steps}"
 
@@ -76,7 +81,9 @@ def summarize(cfg, params: dict, run_dir: Path, report: dict, backbone_file: Pat
     world = max(1, cfg.ray.num_workers)
     every_step = read_jsonl(run_dir / METRICS_FILE)  # steps trained twice after a restart count twice here
     history = latest_per_step(every_step)  # the steps that made the final weights
-    groups = sum(r["groups"] for r in history) * world
+    # a row is logged every train.log_every steps: its "groups" are one step's, its step_time_s the mean over the
+    # interval_steps since the previous row (a checkpoint step is always logged, so a restart starts an interval)
+    groups = sum(r["groups"] * interval_steps(r) for r in history) * world
     scorings = read_jsonl(run_dir / DEV_SCORES_FILE)
     dev = scored_per_step(scorings)
     scored = [r for r in dev if metric in r and r[metric] == r[metric]]
@@ -85,7 +92,7 @@ def summarize(cfg, params: dict, run_dir: Path, report: dict, backbone_file: Pat
     shapes = {"retriever": model_shape(cfg.model.retriever.name), "lm": model_shape(cfg.model.lm.name)}
     per_group = flops_per_group(run, shapes["retriever"], shapes["lm"])
     train_gpus = world * cfg.ray.gpus_per_worker if cfg.ray.use_gpu else 0
-    step_s = sum(r.get("step_time_s", 0.0) for r in every_step)
+    step_s = sum(r.get("step_time_s", 0.0) * interval_steps(r) for r in every_step)
     eval_s = sum(r.get("dev_eval_seconds", 0.0) for r in scorings)
 
     def point(row):
