@@ -191,7 +191,7 @@ def write_plan(sweep_dir: Path, digest: str, sweep: SweepConfig, base: dict, tri
             "data": data,
             "trials": {t.name: {"params": t.params, "run": t.run, "data_key": t.data_key,
                                 "backbone_file": str(backbones[t.name])} for t in trials}}
-    write_json(sweep_dir / SWEEP_FILE, {**portable(plan, sweep_dir), FOLDER_KEY: str(sweep_dir)})
+    write_json(sweep_dir / SWEEP_FILE, {**portable(plan, sweep_dir), FOLDER_KEY: str(sweep_dir)}, default=str)
 
 
 def make_tuner(sweep: SweepConfig, sweep_dir: Path, trials: list[Trial], concurrency: int,
