@@ -8,7 +8,7 @@ import pytest
 
 from revela.train import runfolder
 from revela.train.runfolder import (DEV_SCORES_FILE, METRICS_FILE, RunFolderError, append_jsonl, config_hash,
-                                    dev_history, metrics_history, read_json, read_report, read_run_record,
+                                    dev_history, metrics_history, read_report, read_run_record,
                                     read_status, write_json, write_run_record, write_status)
 
 
