@@ -30,17 +30,15 @@ when the checkpoint records one.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from pathlib import Path
 
 from revela.evaluation.beir import BeirDataset, DatasetError, content_hash, load_beir
+from revela.train.runfolder import EVAL_FILE, append_jsonl, write_json
 
 log = logging.getLogger(__name__)
 
-EVAL_FILE = "revela_eval.json"
 _DATASETS: dict[tuple, BeirDataset] = {}
 
 
@@ -136,15 +134,11 @@ def score_checkpoint(checkpoint_dir: str, datasets: list[str], *, record: bool =
     scored = score_model(str(checkpoint_dir), datasets, **score_kwargs)
     flat, per_query = scored["metrics"], scored["per_query"]
     if record:
-        target = Path(checkpoint_dir, EVAL_FILE)
-        tmp = target.with_name(f".{EVAL_FILE}.tmp")
-        tmp.write_text(json.dumps({"metrics": flat, "per_query": per_query, "report": scored["report"]}, indent=2,
-                                  allow_nan=False) + "\n")
-        os.replace(tmp, target)
+        write_json(Path(checkpoint_dir, EVAL_FILE),
+                   {"metrics": flat, "per_query": per_query, "report": scored["report"]}, allow_nan=False)
     if history_file:
-        with open(history_file, "a") as f:
-            f.write(json.dumps({"checkpoint": str(checkpoint_dir), "scored_at": time.time(), **flat,
-                                "per_query": per_query}) + "\n")
+        append_jsonl(history_file, {"checkpoint": str(checkpoint_dir), "scored_at": time.time(), **flat,
+                                    "per_query": per_query})
     prefix = score_kwargs.get("prefix", "dev")
     log.info("scored %s: %s=%.4f", checkpoint_dir, f"{prefix}_ndcg_at_10", flat[f"{prefix}_ndcg_at_10"])
     return flat

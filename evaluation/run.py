@@ -44,7 +44,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import os
 import platform as _platform
 import re
 import sys
@@ -356,11 +355,11 @@ def evaluate(model: str | None, datasets, output: str | Path | None = None, *, b
     if output:
         for path, run, tag in pending:
             write_trec(path, run, tag)
+        from revela.train.runfolder import write_json
+
         out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, out)
+        write_json(out, report, allow_nan=False)
     if show_table:
         print_table(report)
     return report

@@ -98,7 +98,7 @@ def test_an_lr0_checkpoint_scores_exactly_its_same_protocol_control(lr0_checkpoi
 def test_sweep_baselines_are_scored_like_the_trials_checkpoints(lr0_checkpoint, data, tmp_path):
     from revela.evaluation.actors import EVAL_FILE, score_checkpoint
     from revela.tuning.prepare import baseline_protocol, score_backbone
-    from revela.tuning.trial import read_jsonl
+    from revela.train import read_jsonl
 
     ckpt, backbone, cfg = lr0_checkpoint
     run = cfg.model_dump()

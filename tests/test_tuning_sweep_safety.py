@@ -169,7 +169,7 @@ def test_a_failing_overwrite_or_resume_deletes_nothing(tmp_path, models, dev, mo
 def fake_finished_runs(trials, sweep_dir: Path, score: float) -> None:
     """Each trial's run folder as a finished Train run leaves it, so `run_trial` only summarizes it."""
     from revela.config import RunConfig
-    from revela.train.driver import RUN_FILE, config_hash
+    from revela.train import RUN_FILE, config_hash
 
     for i, t in enumerate(trials):
         cfg = RunConfig.model_validate(t.run)

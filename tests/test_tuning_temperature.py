@@ -79,8 +79,11 @@ def test_shipped_tau_controls_study(tmp_path):
 
 
 def test_trial_record_and_report_carry_sim_health(tmp_path):
-    """`summarize` writes the verdict under `sim_health`; the report's trial table marks it."""
+    """The run's report (as the driver writes it) carries the verdict; `summarize` takes it into the trial's record
+    under `sim_health`, and the sweep report's trial table marks it."""
     from revela.config import RunConfig
+    from revela.train import metrics_history
+    from revela.train.report import write_report as write_run_report
     from revela.tuning.report import write_report
     from revela.tuning.trial import summarize, trial_hash
     from tiny import tiny_encoder, tiny_lm, tokenizer
@@ -110,7 +113,9 @@ def test_trial_record_and_report_carry_sim_health(tmp_path):
         backbone.write_text(json.dumps({"model": "r", "metrics": {"dev_ndcg_at_10": 0.2, "d1/ndcg_at_10": 0.2}}))
         params = {"group_size": 8, "retriever": "r", "lm": "l", "seed": 0, "lr": 1e-4, "grouping": "adjacent",
                   "temperature": tau, "target_entropy": 0.7, "sim": "softmax", "variant": name}
-        record = summarize(cfg, params, run_dir, backbone, 1.0, None)
+        report = write_run_report(run_dir, cfg, checkpoint=None, history=metrics_history(run_dir), heldout_before=None,
+                                  heldout_after=None, data_summary={}, wall_s=1.0, temperature=calibrated)
+        record = summarize(cfg, params, run_dir, report, backbone, 1.0, None)
         assert record["trial_hash"] == trial_hash(cfg)
         (run_dir / "revela_trial.json").write_text(json.dumps(record))
         trials[name], order = {"params": params, "run": cfg.model_dump()}, order + [name]

@@ -94,7 +94,7 @@ def trial_flags(record: dict, run: dict | None, neighbours: list[int], history: 
 
 
 def flags_by_trial(plan: dict, records: list[dict]) -> dict[str, list[Flag]]:
-    from revela.train.driver import metrics_history
+    from revela.train import metrics_history
 
     neighbours = neighbour_steps(records)
     out = {}

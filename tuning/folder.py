@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from revela.train import read_json
+
 SWEEP_TOKEN = "${sweep}"
 SWEEP_FILE = "sweep.json"
 TRIAL_FILE = "revela_trial.json"
@@ -89,12 +91,5 @@ def trial_record_path(sweep_dir: str | Path, run: dict) -> Path:
 
 def read_trial_record(sweep_dir: str | Path, run: dict) -> dict | None:
     """A trial's record with its paths in `sweep_dir`; None when the trial has none yet."""
-    path = trial_record_path(sweep_dir, run)
-    return localize(json.loads(path.read_text()), sweep_dir) if path.is_file() else None
-
-
-def write_json(path: Path, data: dict, default=str) -> None:
-    """Write `data` atomically (a reader never sees half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=default))
-    tmp.replace(path)
+    record = read_json(trial_record_path(sweep_dir, run))
+    return None if record is None else localize(record, sweep_dir)

@@ -68,7 +68,7 @@ def trial_name(params: dict, axes) -> str:
 
 
 def _data_config(run: dict, trial: str) -> dict:
-    from revela.train.data import default_sources
+    from revela.train import default_sources
 
     data = dict(run["data"])
     if data.get("shards"):

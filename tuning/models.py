@@ -68,7 +68,7 @@ def check_derive(base: str, layers: int, key: str) -> None:
     from transformers import AutoConfig
 
     from revela.configbase import ConfigError
-    from revela.train.preflight import check_model
+    from revela.train import check_model
 
     config = AutoConfig.from_pretrained(check_model(base, f"{key}.base"))
     have = getattr(config, "num_hidden_layers", None)
@@ -80,7 +80,7 @@ def check_model_choices(sweep, trials, derived_dir: Path) -> None:
     """Every model a sweep names (axis choices, derive specs, each trial's run config) resolves, before Ray starts
     or anything is built or deleted; a bad one is a ConfigError naming its key. `derived_dir`: where derived
     models will be built (not checked: they do not exist yet)."""
-    from revela.train.preflight import check_model
+    from revela.train import check_model
 
     checked = set()
     for part in ("retriever", "lm"):

@@ -136,7 +136,7 @@ def plot_vs_compute(results: pd.DataFrame, path: Path) -> dict:
 
 
 def plot_training_curves(records: list[dict], path: Path) -> dict:
-    from revela.train.driver import metrics_history
+    from revela.train import metrics_history
 
     plt = _pyplot()
     fig, (ax_loss, ax_dev) = plt.subplots(1, 2, figsize=(12, 4.5))

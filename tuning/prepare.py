@@ -86,7 +86,7 @@ def score_backbone(name: str, datasets: list[str], protocol: dict, storage: dict
     from revela.evalprotocol import resolve_evaluation_protocol
     from revela.evaluation.actors import score_model
     from revela.modelfiles import resolve_model_path
-    from revela.train.storage import check_marker
+    from revela.train import check_marker
 
     check_marker(storage, "backbone scoring task")
 
@@ -123,6 +123,8 @@ def score_backbones(trials: list[Trial], sweep_dir: Path, storage: dict | None =
     Returns trial name -> the JSON file holding them."""
     import ray
 
+    from revela.train import write_json
+
     files = {t.name: baseline_path(sweep_dir, t) for t in trials}
     todo = {}
     for trial in trials:
@@ -142,10 +144,8 @@ def score_backbones(trials: list[Trial], sweep_dir: Path, storage: dict | None =
         for ref, path in path_of.items():
             scored = ray.get(ref)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"model": todo[path].run["model"]["retriever"]["name"],
-                                       "key": list(baseline_key(todo[path].run)), **scored}, indent=2))
-            tmp.replace(path)
+            write_json(path, {"model": todo[path].run["model"]["retriever"]["name"],
+                              "key": list(baseline_key(todo[path].run)), **scored})
             log.info("untrained %s: dev_ndcg_at_10=%.4f under the checkpoints' protocol, %.4f under its own",
                      todo[path].params["retriever"], scored["same_protocol"]["metrics"]["dev_ndcg_at_10"],
                      scored["native"]["metrics"]["dev_ndcg_at_10"])

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -31,10 +30,11 @@ from pathlib import Path
 from typing import Literal
 
 from revela.tuning.config import SweepConfig, base_run_dict, load_sweep
-from revela.tuning.folder import FOLDER_KEY, plan_folder, portable, read_trial_record, same_folder, write_json
+from revela.train import write_json
+from revela.tuning.folder import FOLDER_KEY, plan_folder, portable, same_folder
 from revela.tuning.grid import MODELS_DIR, Trial, apply_budget, expand
 from revela.config import RunConfig
-from revela.tuning.trial import SWEEP_FILE, run_trial, trial_hash, tune_metrics
+from revela.tuning.trial import SWEEP_FILE, run_trial, trial_hash, tune_metrics_keys
 
 log = logging.getLogger(__name__)
 
@@ -145,15 +145,19 @@ def plan_trials(sweep: SweepConfig, base: dict, sweep_dir: Path) -> tuple[list[T
     return apply_budget(trials, sweep, tokens), data
 
 
-def trial_resources(run: dict) -> dict[str, float]:
-    """What one trial holds at once: its Train workers, the data stream's actor, one evaluation task, itself."""
-    from revela.data.stream import build_stream
+def trial_parts(run: dict) -> dict[str, dict[str, float]]:
+    """What one trial holds at once, part by part: its training run's Train workers, data stream actors and
+    evaluation task (`revela.train.run_resources`), and the trial's own function, which drives the run."""
+    from revela.train import run_resources
 
-    stream_cpus = inspect.signature(build_stream).parameters["num_cpus"].default
-    ray_cfg, ev = run["ray"], run["eval"]
-    workers = max(1, ray_cfg["num_workers"])
-    return {"CPU": workers * ray_cfg["cpus_per_worker"] + stream_cpus + ev["num_cpus"] + TRIAL_DRIVER_CPU,
-            "GPU": (workers * ray_cfg["gpus_per_worker"] if ray_cfg["use_gpu"] else 0) + ev["num_gpus"]}
+    return {**run_resources(RunConfig.model_validate(run)), "trial_driver": {"CPU": TRIAL_DRIVER_CPU, "GPU": 0.0}}
+
+
+def trial_resources(run: dict) -> dict[str, float]:
+    """What one trial holds at once, in all: {"CPU": n, "GPU": n}."""
+    from revela.train import total_resources
+
+    return total_resources(trial_parts(run))
 
 
 def max_concurrent(trials: list[Trial], cluster: dict[str, float], asked: int | None) -> int:
@@ -187,7 +191,7 @@ def write_plan(sweep_dir: Path, digest: str, sweep: SweepConfig, base: dict, tri
             "data": data,
             "trials": {t.name: {"params": t.params, "run": t.run, "data_key": t.data_key,
                                 "backbone_file": str(backbones[t.name])} for t in trials}}
-    write_json(sweep_dir / SWEEP_FILE, {**portable(plan, sweep_dir), FOLDER_KEY: str(sweep_dir)})
+    write_json(sweep_dir / SWEEP_FILE, {**portable(plan, sweep_dir), FOLDER_KEY: str(sweep_dir)}, default=str)
 
 
 def make_tuner(sweep: SweepConfig, sweep_dir: Path, trials: list[Trial], concurrency: int,
@@ -216,8 +220,7 @@ def run_sweep(config: str | Path, overrides: list[str] | None = None, mode: Mode
     """Run (or continue) the sweep in `config`; returns {"sweep_dir", "trials": {name: metrics}, "errors"}."""
     import ray
 
-    from revela.train.driver import ensure_ray
-    from revela.train.storage import write_marker
+    from revela.train import ensure_ray, write_marker
     from revela.tuning.prepare import score_backbones
 
     sweep, base_dir = load_sweep(config, overrides)
@@ -236,15 +239,19 @@ def run_sweep(config: str | Path, overrides: list[str] | None = None, mode: Mode
     log.info("sweep %s: %d trials, %d at a time, budget %s=%d, in %s", sweep.name, len(trials), concurrency,
              sweep.budget.kind, sweep.budget.value, sweep_dir)
     grid = make_tuner(sweep, sweep_dir, trials, concurrency, storage).fit()
-    errors = {}
+    errors, reported = {}, {}
     for result in grid:
+        name = (result.config or {}).get("trial", result.path)
         if result.error is not None:
-            errors[(result.config or {}).get("trial", result.path)] = str(result.error).splitlines()[0][:300]
+            errors[name] = str(result.error).splitlines()[0][:300]
+        elif result.metrics and "trial_hash" in result.metrics:  # the trial's last report: its record's numbers
+            reported[name] = result.metrics
     done = {}
     for trial in trials:
-        stored = portable(trial.run, sweep_dir)  # a trial's identity does not depend on where the folder is
-        record = read_trial_record(sweep_dir, stored)
-        if record and record["trial_hash"] == trial_hash(RunConfig.model_validate(stored)):
-            done[trial.name] = tune_metrics(record)
+        # a trial's identity does not depend on where the folder is
+        digest = trial_hash(RunConfig.model_validate(portable(trial.run, sweep_dir)))
+        metrics = reported.get(trial.name)
+        if metrics is not None and metrics["trial_hash"] == digest:
+            done[trial.name] = {key: metrics[key] for key in tune_metrics_keys(trial.run)}
     return {"sweep_dir": str(sweep_dir), "trials": done, "errors": errors,
             "missing": [t.name for t in trials if t.name not in done]}

@@ -75,6 +75,7 @@ def train(
     from revela.train.console import final_summary
     from revela.train.driver import RunConflictError, TrainingStoppedError, run
     from revela.train.resume import LostCheckpointError
+    from revela.train.runfolder import REPORT_FILE
 
     if resume and overwrite:
         _fail("--resume and --overwrite exclude each other")
@@ -87,7 +88,7 @@ def train(
         _fail(str(e))
     if verbose:
         typer.echo(json.dumps(report, indent=2, default=str))
-    typer.echo("\n".join(final_summary(report, Path(report["run_dir"]) / "report.json")))
+    typer.echo("\n".join(final_summary(report, Path(report["run_dir"]) / REPORT_FILE)))
 
 
 @app.command()

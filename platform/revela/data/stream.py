@@ -24,7 +24,7 @@ workers leave free; if too few are left, its stages never start and training han
 read tasks. So the stream does not use it: the driver lists the shards' Parquet row groups from the
 manifest and footers (`ray.data.from_items`, which runs no task), and one operator, an actor pool of
 `concurrency` actors with `num_cpus` CPUs each, reads a row group and tokenizes it. The stream therefore
-needs exactly `concurrency * num_cpus` free CPUs (default 0.5). `ensure_data_headroom` checks a plan against
+needs exactly `concurrency * num_cpus` free CPUs (`STREAM_ACTOR_CPUS` each unless told). `ensure_data_headroom` checks a plan against
 the cluster and raises instead of hanging. Measured on the 2-core box: `ray.init(num_cpus=2)` with two
 Train workers at `resources_per_worker={"CPU": 0.5}` runs; with `read_parquet` the same plan hung.
 """
@@ -37,6 +37,9 @@ from typing import Any
 import numpy as np
 
 from revela.data.shards import read_manifest, shard_paths
+
+STREAM_ACTOR_CPUS = 0.5
+"""CPUs each tokenize actor of the stream holds (a training run starts `data.stream_actors` of them)."""
 
 TENSOR_COLUMNS = (
     "query_input_ids",
@@ -152,7 +155,7 @@ def build_stream(
     factory: Callable[..., Any] | None = None,
     exclude: Collection[int] = (),
     concurrency: int = 1,
-    num_cpus: float = 0.5,
+    num_cpus: float = STREAM_ACTOR_CPUS,
 ):
     """A `ray.data.Dataset` of tokenized groups from a prepared directory (module docstring).
 
@@ -198,7 +201,7 @@ def dropped_groups_per_epoch(num_groups: int, num_workers: int) -> int:
 
 
 def ensure_data_headroom(num_workers: int, cpus_per_worker: float = 1.0, *, concurrency: int = 1,
-                         num_cpus: float = 0.5, total_cpus: float | None = None) -> float:
+                         num_cpus: float = STREAM_ACTOR_CPUS, total_cpus: float | None = None) -> float:
     """Raise if Train workers would leave the stream too few CPUs to run (it would hang, not fail).
 
     Returns the CPUs left over. `total_cpus` defaults to the connected cluster's CPU count.

@@ -1,6 +1,6 @@
 """The driver's view of a training run: one progress display, one line per checkpoint, a short summary.
 
-Rank 0 appends every logged step to `<run>/metrics.jsonl` and Ray writes checkpoints under `<run>/`; `RunConsole`
+Rank 0 appends every logged step to `<run>/metrics.jsonl` (`revela.train.runfolder`) and Ray writes checkpoints under `<run>/`; `RunConsole`
 follows both from the driver while `trainer.fit()` runs (worker output reaches the driver through Ray's log
 forwarding, where a carriage-return bar would be mangled). On a terminal it draws a rich progress bar; when
 stdout is a file (`ray job logs`, CI) it prints one plain line per log interval instead.
@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
-from revela.evaluation.actors import EVAL_FILE
 from revela.train.checkpoint import CHECKPOINT_MARKER
+from revela.train.runfolder import EVAL_FILE, METRICS_FILE, read_temperature
 from revela.train.sim_health import SimHealthWatch
-from revela.train.temperature import Calibration, read_temperature_file
+from revela.train.temperature import Calibration
 
 
 def _num(row: dict, key: str, spec: str) -> str:
@@ -144,8 +144,8 @@ class RunConsole:
     # ------------------------------------------------------------------------------------------- lifecycle
 
     def __enter__(self) -> "RunConsole":
-        self.tail = MetricsTail(self.run_dir / "metrics.jsonl")  # a resumed run's earlier rows are not news
-        self.temperature = read_temperature_file(self.run_dir)  # nor its earlier tau; a resumed worker rewrites it
+        self.tail = MetricsTail(self.run_dir / METRICS_FILE)  # a resumed run's earlier rows are not news
+        self.temperature = read_temperature(self.run_dir)  # nor its earlier tau; a resumed worker rewrites it
         self.announced = set(self._checkpoint_dirs())
         if self.interactive:
             self.progress = TwoLineProgress(Console(file=self.stream))
@@ -203,7 +203,7 @@ class RunConsole:
             self.emit(warning)
 
     def _check_temperature(self) -> None:
-        current = read_temperature_file(self.run_dir)
+        current = read_temperature(self.run_dir)
         if current and current != self.temperature:
             self.temperature = current
             self.emit(Calibration(**current).line())

@@ -6,8 +6,6 @@ refused unless `mode` asks to resume or overwrite explicitly.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import sys
@@ -26,12 +24,11 @@ from revela.train.resume import repair_snapshot
 from revela.train.ray_setup import (NO_STATE_API_ENV, QUIET_ENV, TorchTrainer, local_ray_options,
                                     missing_dashboard_packages, no_dashboard_notice, quiet_libraries, state_api_env,
                                     train_logging)
+from revela.train.runfolder import (DEV_SCORES_FILE, RUN_FILE, clear_status, config_hash, metrics_history,
+                                    read_run_record, read_status, write_run_record)
 from revela.train.storage import write_marker
-from revela.train.worker import METRICS_FILE, STATUS_FILE, train_worker
+from revela.train.worker import train_worker
 
-RUN_FILE = "revela_run.json"
-DEV_SCORES_FILE = "dev_scores.jsonl"
-"""One line per scored checkpoint (step, dev metrics), appended by the evaluation task: kept when checkpoints are pruned."""
 Mode = Literal["auto", "resume", "overwrite"]
 
 
@@ -84,21 +81,13 @@ def ensure_ray(address: str | None) -> None:
         ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), runtime_env=runtime_env, **dashboard)
 
 
-def config_hash(cfg: RunConfig) -> str:
-    """What makes two runs the same run: everything except how many steps to take and where Ray runs."""
-    data = cfg.model_dump()
-    data["train"].pop("max_steps")
-    data.pop("ray")
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def claim_run_dir(cfg: RunConfig, mode: Mode) -> Path:
     run_dir = Path(cfg.ray.storage_path).absolute() / check_safe_name(cfg.name)  # model_copy skips validation
     if run_dir.is_symlink():
         raise RunConflictError(f"run folder {run_dir} is a symbolic link; refusing to train into or remove it")
     record = run_dir / RUN_FILE
     if record.is_file() and mode != "overwrite":
-        previous = json.loads(record.read_text())
+        previous = read_run_record(run_dir)
         status = read_status(run_dir)
         if previous["config_hash"] != config_hash(cfg) and mode != "resume":
             raise RunConflictError(
@@ -113,14 +102,9 @@ def claim_run_dir(cfg: RunConfig, mode: Mode) -> Path:
         shutil.rmtree(run_dir)
     repair_snapshot(run_dir, cfg.name)  # a lost newest checkpoint: resume from the newest complete one
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / STATUS_FILE).unlink(missing_ok=True)
-    record.write_text(json.dumps({"config_hash": config_hash(cfg), "config": cfg.model_dump()}, indent=2))
+    clear_status(run_dir)
+    write_run_record(run_dir, config_hash(cfg), cfg.model_dump())
     return run_dir
-
-
-def read_status(run_dir: Path) -> dict:
-    path = run_dir / STATUS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def checkpoint_and_validation(cfg: RunConfig, run_dir: Path | None = None, storage: dict | None = None):
@@ -164,17 +148,10 @@ def fit(cfg: RunConfig, run_dir: Path, dataset, verbose: bool = False, callbacks
     try:
         return trainer.fit()
     except ray.train.TrainingFailedError as err:  # storage not shared, a lost node: one line, not every traceback
-        message = explain_failure(cfg.name, run_dir, err, cfg.ray.max_failures, METRICS_FILE)
+        message = explain_failure(cfg.name, run_dir, err, cfg.ray.max_failures)
         if message is None:
             raise
         raise TrainingStoppedError(message) from err
-
-
-def metrics_history(run_dir: Path) -> list[dict]:
-    """Logged steps, one row per step: after a restart the retrained steps' latest values win."""
-    path = run_dir / METRICS_FILE
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    return sorted({row["step"]: row for row in rows}.values(), key=lambda row: row["step"])
 
 
 def run(cfg: RunConfig, mode: Mode = "auto", verbose: bool = False, callbacks: tuple = ()) -> dict:
@@ -185,7 +162,7 @@ def run(cfg: RunConfig, mode: Mode = "auto", verbose: bool = False, callbacks: t
     from revela.train.console import RunConsole
     from revela.train.data import heldout_and_training_data
     from revela.train.report import write_report
-    from revela.train.temperature import read_temperature_file
+    from revela.train.runfolder import read_temperature
 
     run_dir = claim_run_dir(cfg, mode)  # refusals come before Ray starts
     ensure_ray(cfg.ray.address)
@@ -202,7 +179,7 @@ def run(cfg: RunConfig, mode: Mode = "auto", verbose: bool = False, callbacks: t
             f"{result.checkpoint.path if result.checkpoint else 'none'}")
     checkpoint = final_checkpoint(cfg, run_dir, result)
     # the untrained backbone is scored with the run's tau, known once the workers calibrated it (temperature: auto)
-    temperature = (read_temperature_file(run_dir) or {}).get("temperature")
+    temperature = (read_temperature(run_dir) or {}).get("temperature")
     before = data.score_heldout(cfg, checkpoint=None, temperature=temperature)
     after = data.score_heldout(cfg, checkpoint=checkpoint, temperature=temperature)
     return write_report(run_dir, cfg, checkpoint=checkpoint, history=metrics_history(run_dir),

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from revela.retriever import CHECKPOINT_MARKER
-from revela.train.resume import SNAPSHOT
+from revela.train.runfolder import METRICS_FILE, SNAPSHOT
 from revela.train.storage import storage_failure
 
 _NODE = re.compile(r"node_id='([0-9a-f]+)',\s*node_ip='([^']*)'")
@@ -49,8 +49,9 @@ def resumable_step(run_dir: Path) -> tuple[int, str] | None:
         return None
 
 
-def trained_steps(run_dir: Path, metrics_file: str) -> int:
-    path = run_dir / metrics_file
+def trained_steps(run_dir: Path) -> int:
+    """The highest step metrics.jsonl logged (a line cut short by a lost node is skipped: only the maximum matters)."""
+    path = run_dir / METRICS_FILE
     steps = []
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -61,8 +62,7 @@ def trained_steps(run_dir: Path, metrics_file: str) -> int:
     return max(steps, default=0)
 
 
-def explain_failure(name: str, run_dir: Path, error: BaseException, max_failures: int,
-                    metrics_file: str = "metrics.jsonl") -> str | None:
+def explain_failure(name: str, run_dir: Path, error: BaseException, max_failures: int) -> str | None:
     """The one-line reason a failed fit stopped, or None when it is an ordinary error (keep its traceback)."""
     shared = storage_failure(error)
     if shared is not None:
@@ -72,7 +72,7 @@ def explain_failure(name: str, run_dir: Path, error: BaseException, max_failures
         return None
     where = "; ".join(lost)
     checkpoint = resumable_step(run_dir)
-    trained = trained_steps(run_dir, metrics_file)
+    trained = trained_steps(run_dir)
     if checkpoint is None:
         kept = (f"no complete checkpoint was registered, so steps 1-{trained} are lost and a re-run starts over"
                 if trained else "no step was trained")

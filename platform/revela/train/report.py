@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from revela.config import RunConfig
 from revela.train.checkpoint import versions
+from revela.train.runfolder import PLOT_FILE, REPORT_FILE, write_json
 from revela.train.sim_health import sim_health
 
 
@@ -57,7 +57,7 @@ def write_report(run_dir: Path, cfg: RunConfig, checkpoint: str | None, history:
         "data": data_summary,
         "versions": versions(),
     }
-    plot = plot_history(history, run_dir / "loss_curve.png")
+    plot = plot_history(history, run_dir / PLOT_FILE)
     report["plot"] = str(plot) if plot else None
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    write_json(run_dir / REPORT_FILE, report, default=str)
     return report

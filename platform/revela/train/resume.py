@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from revela.retriever import CHECKPOINT_MARKER
+from revela.train.runfolder import SNAPSHOT, write_json
 
 log = logging.getLogger(__name__)
-
-SNAPSHOT = "checkpoint_manager_snapshot.json"
-"""Ray Train V2's name for it (ray.train.v2._internal.constants.CHECKPOINT_MANAGER_SNAPSHOT_FILENAME)."""
-
 
 class LostCheckpointError(RuntimeError):
     """The run's checkpoints are all missing or incomplete; the message names them and what to run."""
@@ -80,9 +76,7 @@ def repair_snapshot(run_dir: str | Path, run_name: str) -> list[str]:
                 "failed_validation_checkpoint_dir_names"):
         if key in state:
             state[key] = [name for name in state[key] if name in names]
-    tmp = path.with_name(f".{SNAPSHOT}.tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, path)
+    write_json(path, state, indent=None)
     log.warning("run %r: checkpoint %s missing or incomplete; resuming from %s (step %d)", run_name,
                 ", ".join(lost), newest["checkpoint_dir_name"], _step(run_dir, newest))
     return lost

@@ -24,6 +24,8 @@ import time
 import uuid
 from pathlib import Path
 
+from revela.train.runfolder import write_json
+
 MARKER_DIR = ".revela-storage"
 NODE_ROOT_ENV = "REVELA_NODE_ROOT"
 PREFIX = "storage not shared:"
@@ -68,11 +70,9 @@ def write_marker(folder: str | Path) -> dict:
     token = uuid.uuid4().hex
     path = _marker_path(folder, token)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     node_id, ip = _node_identity()
-    tmp.write_text(json.dumps({"token": token, "node_id": node_id, "node_ip": ip, "host": socket.gethostname(),
-                               "pid": os.getpid(), "written_at": time.time()}))
-    os.replace(tmp, path)
+    write_json(path, {"token": token, "node_id": node_id, "node_ip": ip, "host": socket.gethostname(),
+                      "pid": os.getpid(), "written_at": time.time()}, indent=None)
     return {"dir": str(folder), "token": token}
 
 
@@ -94,10 +94,8 @@ def record_rank(marker: dict | None, rank: int) -> None:
         return
     node_id, ip = _node_identity()
     path = _marker_path(marker["dir"], marker["token"]).with_name(f"{marker['token']}.rank{rank}.json")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"rank": rank, "node_id": node_id, "node_ip": ip, "host": socket.gethostname(),
-                               "pid": os.getpid(), "started_at": time.time()}))
-    os.replace(tmp, path)
+    write_json(path, {"rank": rank, "node_id": node_id, "node_ip": ip, "host": socket.gethostname(),
+                      "pid": os.getpid(), "started_at": time.time()}, indent=None)
 
 
 def ranks(marker: dict) -> dict[int, dict]:

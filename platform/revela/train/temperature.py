@@ -12,7 +12,6 @@ See docs/temperature.md.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,9 +21,7 @@ import torch
 import torch.distributed as dist
 
 from revela.model import RevelaModel, row_entropy, similarity_weights
-
-TEMPERATURE_FILE = "temperature.json"
-"""Rank 0 writes the run's tau here (how it was chosen, and on what); the console announces it in one line."""
+from revela.train.runfolder import TEMPERATURE_FILE, write_json
 LOG10_TAU_RANGE = (-8.0, 3.0)
 """Where the bisection looks: at 1e-8 any two distinct fp32 cosines make Sim one-hot, at 1e3 Sim is uniform."""
 CALIBRATION_GROUPS = 8
@@ -63,15 +60,9 @@ class Calibration:
         return line
 
     def save(self, run_dir: str | Path) -> None:
-        Path(run_dir, TEMPERATURE_FILE).write_text(json.dumps(asdict(self), indent=2))
-
-
-def read_temperature_file(run_dir: str | Path) -> dict | None:
-    path = Path(run_dir, TEMPERATURE_FILE)
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):  # not written (yet), or mid-write
-        return None
+        """Rank 0 writes the run's tau to temperature.json (how it was chosen, and on what); the console announces
+        it in one line."""
+        write_json(Path(run_dir, TEMPERATURE_FILE), asdict(self))
 
 
 def mean_entropy_fraction(query: torch.Tensor, passage: torch.Tensor, temperature: float) -> float:

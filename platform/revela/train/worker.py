@@ -7,7 +7,6 @@ driver) keeps no checkpoint in storage and scores none, so the run config refuse
 from __future__ import annotations
 
 import itertools
-import json
 import random
 import tempfile
 import time
@@ -22,12 +21,10 @@ from revela.model import RevelaModel
 from revela.train.checkpoint import checkpoint_temperature, gather_training_state, load_checkpoint, save_checkpoint
 from revela.train.loop import NonFiniteLossError, Trainer, resolve_precision
 from revela.train.ray_setup import follow_train_log_level
+from revela.train.runfolder import METRICS_FILE, append_jsonl, write_status
 from revela.train.storage import confirm_worker
 from revela.train.telemetry import DashboardMetrics
 from revela.train.temperature import calibration_batches, setup_temperature
-
-STATUS_FILE = "revela_status.json"
-METRICS_FILE = "metrics.jsonl"
 
 
 def seed_rank(seed: int, rank: int, step: int) -> None:
@@ -155,8 +152,7 @@ def train_worker(config: dict) -> None:
                     trainer.check_finite()  # never save a step that was not finite
             except NonFiniteLossError as err:  # raised on every rank at once: the Trainer agrees across ranks
                 if rank == 0:
-                    (run_dir / STATUS_FILE).write_text(json.dumps(
-                        {"status": "non_finite_loss", "message": str(err), "step": trainer.step}))
+                    write_status(run_dir, "non_finite_loss", trainer.step, message=str(err))
                 return  # the last reported checkpoint stays the newest one
             pending = []
             data_state = {"epoch": epoch, "groups_in_epoch": consumed, "world_size": world}
@@ -176,8 +172,7 @@ def train_worker(config: dict) -> None:
                     metrics["gpu_max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 last_metrics = metrics
                 if rank == 0:
-                    with open(run_dir / METRICS_FILE, "a") as f:
-                        f.write(json.dumps(metrics) + "\n")
+                    append_jsonl(run_dir / METRICS_FILE, metrics)
                     telemetry.record(metrics)
             if saving:
                 checkpoint_and_report(metrics)
@@ -190,4 +185,4 @@ def train_worker(config: dict) -> None:
             raise RuntimeError("the training stream yielded no groups for this worker")
         epoch, skip = epoch + 1, 0
     if last_metrics and rank == 0:
-        (run_dir / STATUS_FILE).write_text(json.dumps({"status": "finished", "step": trainer.step}))
+        write_status(run_dir, "finished", trainer.step)
