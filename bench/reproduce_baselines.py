@@ -41,6 +41,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from revela.evaluation.run import evaluate
+    from revela.evaluation.settings import EvalSettings
     from revela.evaluation.suite import build_suite
 
     t0 = time.perf_counter()
@@ -49,7 +50,7 @@ def main() -> int:
     out = Path(args.out)
     sets = [str(built["stdlib-code"]), str(built["pyfaq"])]
     measured, reports = {}, {}
-    bm = evaluate(None, sets, out / "bm25.json", bm25=True, show_table=True, progress=False)
+    bm = evaluate(EvalSettings.of(datasets=sets, output=out / "bm25.json", bm25=True), show_table=True, progress=False)
     reports["bm25"] = str(out / "bm25.json")
     for name, entry in bm["datasets"].items():
         for key, base in entry["baselines"].items():
@@ -59,8 +60,9 @@ def main() -> int:
             import ray
 
             ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-        dense = evaluate("all-minilm-l6-v2", sets, out / "all-minilm-l6-v2.json", max_length=256,
-                         batch_size=args.batch_size, encoder=args.encoder, show_table=True, progress=False)
+        dense = evaluate(EvalSettings.of(model="all-minilm-l6-v2", datasets=sets, output=out / "all-minilm-l6-v2.json",
+                                         max_length=256, batch_size=args.batch_size, encoder=args.encoder),
+                         show_table=True, progress=False)
         reports["all-minilm-l6-v2"] = str(out / "all-minilm-l6-v2.json")
         for name, entry in dense["datasets"].items():
             measured[(name, "all-minilm-l6-v2")] = entry["ndcg_at_10"]

@@ -15,7 +15,8 @@ Modules, one idea each (import them directly; this package imports nothing heavy
 - `revela.evaluation.metrics`: nDCG@10, Recall@100, MRR@10, MAP@100 with pytrec_eval.
 - `revela.evaluation.baselines`: BM25 (bm25s) with identifier splitting for code.
 - `revela.evaluation.significance`: paired bootstrap over queries (and seeds): is a difference in nDCG@10 real.
-- `revela.evaluation.run`: `evaluate(model, datasets, output)`: the report JSON, TREC run files, a table.
+- `revela.evaluation.settings`: `EvalSettings`, an evaluation's settings as one validated model.
+- `revela.evaluation.run`: `evaluate(settings)`: the report JSON, TREC run files, a table.
 - `revela.evaluation.actors`: `score_checkpoint` and an evaluator actor for scoring checkpoints during training.
 - `revela.evaluation.cli`: `register(app)` adds the `evaluate` and `build-evals` commands.
 

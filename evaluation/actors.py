@@ -93,14 +93,17 @@ def score_model(model: str, datasets: list[str], *, split: str = "test", max_que
     usable model.
     """
     from revela.evaluation.run import PER_QUERY, evaluate
+    from revela.evaluation.settings import EvalSettings
 
     if not datasets:
         raise ValueError("scoring needs at least one dev dataset")
     start = time.perf_counter()
-    sets = _dev_sets(list(datasets), split, max_queries, eval_dir, dev_hashes)
-    report = evaluate(str(model), sets, None, protocol=protocol, split=split, batch_size=batch_size,
-                      max_length=max_length, passage_max_length=passage_max_length, k=k, encoder="local",
-                      progress=False, show_table=False)
+    # max_queries samples the cached sets here; evaluate gets them sampled already
+    settings = EvalSettings.of(model=str(model), datasets=list(datasets), protocol=protocol, split=split,
+                               batch_size=batch_size, max_length=max_length, passage_max_length=passage_max_length,
+                               k=k, encoder="local")
+    sets = _dev_sets(settings.datasets, split, max_queries, eval_dir, dev_hashes)
+    report = evaluate(settings, preloaded=sets, progress=False, show_table=False)
     flat: dict[str, float] = {}
     for metric in ("ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100"):
         flat[f"{prefix}_{metric}"] = float(report["average"][metric])

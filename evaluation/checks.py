@@ -1,5 +1,6 @@
-"""What `evaluate` checks before it encodes or writes anything: numeric settings, the FAISS index string, the
-output path; and, last, that the report holds only finite numbers (strict JSON has no NaN or Infinity)."""
+"""What `evaluate` checks before it encodes or writes anything: the FAISS index string and the output path (numeric
+settings are EvalSettings' fields); and, last, that the report holds only finite numbers (strict JSON has no NaN or
+Infinity)."""
 
 from __future__ import annotations
 
@@ -8,25 +9,6 @@ from pathlib import Path
 
 FALLBACK_DIM = 768
 """Dimension used to parse an index string when the model's is unknown (divisible by the usual PQ/SQ sizes)."""
-
-
-def check_settings(**values: int | None) -> None:
-    """Each given count must be a positive integer (None means 'not set' and is allowed)."""
-    for name, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
-
-
-def check_lengths(**values: int | None) -> None:
-    """Token lengths hold at least one special token and one real token."""
-    check_settings(**values)
-    for name, value in values.items():
-        if value is not None and value < 2:
-            raise ValueError(f"{name} must be at least 2 tokens, got {value}")
 
 
 def _faiss_reason(err: Exception) -> str:

@@ -59,24 +59,34 @@ def evaluate_cmd(
     """Score a model (plus optional baselines) on retrieval datasets: JSON report, TREC runs, a table."""
     from revela.evaluation.beir import DatasetError
     from revela.evaluation.run import ModelLoadError, evaluate
+    from revela.evaluation.settings import EvalSettings, SettingsError
 
-    if encoder not in ("auto", "local", "ray"):
-        _fail(f"--encoder must be auto, local or ray, got {encoder!r}")
+    try:
+        settings = EvalSettings.of(model=model, datasets=dataset, output=output, bm25=bm25,
+                                   baseline_model=baseline_model, split=split, batch_size=batch_size,
+                                   max_length=max_length, passage_max_length=passage_max_length, k=k, index=index,
+                                   index_params=index_params, encoder=encoder, num_actors=num_actors,
+                                   max_queries=max_queries, eval_dir=eval_dir)
+    except SettingsError as e:
+        _fail(str(e.with_flags(FLAGS)))
     if encoder == "ray":
         import ray
 
         if not ray.is_initialized():
             ray.init()  # attaches to RAY_ADDRESS / a running cluster, else starts a local one
     if baseline_model is None and backbone and model is not None:
-        baseline_model = checkpoint_baseline(model)
+        settings.baseline_model = checkpoint_baseline(model)
     try:
-        evaluate(model, dataset, output, bm25=bm25, baseline_model=baseline_model, split=split,
-                 batch_size=batch_size, max_length=max_length, passage_max_length=passage_max_length, k=k,
-                 index=index, index_params=index_params, encoder=encoder, num_actors=num_actors,
-                 max_queries=max_queries, eval_dir=eval_dir, progress=not no_progress)
+        evaluate(settings, progress=not no_progress)
     except (DatasetError, ModelLoadError, ValueError) as e:  # bad input: say why, no traceback
         _fail(str(e))
     typer.echo(f"wrote {output}")
+
+
+FLAGS = {"datasets": "--dataset", **{name: "--" + name.replace("_", "-") for name in (
+    "model", "output", "bm25", "baseline_model", "split", "batch_size", "max_length", "passage_max_length", "k",
+    "index", "index_params", "encoder", "num_actors", "max_queries", "eval_dir")}}
+"""EvalSettings field -> the `evaluate` flag that sets it."""
 
 
 def checkpoint_baseline(model: str) -> str | None:

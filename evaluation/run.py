@@ -1,12 +1,14 @@
 """Score a model on BEIR-layout datasets: the report JSON, TREC run files and a printed table.
 
-    from revela.evaluation.run import evaluate
-    report = evaluate("all-minilm-l6-v2", ["stdlib-code", "/data/beir/scifact"], "out/minilm.json", bm25=True)
+    from revela.evaluation.run import EvalSettings, evaluate
+    report = evaluate(EvalSettings.of(model="all-minilm-l6-v2", datasets=["stdlib-code", "/data/beir/scifact"],
+                                      output="out/minilm.json", bm25=True))
 
 `model` is anything `Retriever.load` accepts: an offline asset alias ("all-minilm-l6-v2", "smollm2-135m"), a
 local model folder, a training checkpoint directory (`revela_checkpoint.json` + `retriever/`), an exported
 folder, or (online only) a hub id. It is encoded with the protocol that travels with it. `model=None` with
-`bm25=True` gives a BM25-only report. A dataset is a BEIR directory or a suite name ("stdlib-code", "pyfaq",
+`bm25=True` gives a BM25-only report. The settings (revela.evaluation.settings.EvalSettings) are validated when
+built: a bad field is one line naming it. A dataset is a BEIR directory or a suite name ("stdlib-code", "pyfaq",
 built into `eval_dir` on first use).
 
 Report (`SCHEMA`)::
@@ -50,15 +52,15 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from revela.evaluation.beir import BeirDataset, load_beir
-from revela.evaluation.checks import check_finite, check_index, check_lengths, check_output, check_settings
+from revela.evaluation.checks import check_finite, check_index
 from revela.evaluation.encode import encode_local
 from revela.evaluation.metrics import MAIN_SCORE, aggregate, bootstrap_ci, per_query
-from revela.evaluation.search import EXACT, search, to_run
+from revela.evaluation.search import search, to_run
+from revela.evaluation.settings import EvalSettings
 from revela.evaluation.significance import NotComparable, paired_difference
 from revela.evalprotocol import EVAL_PASSAGE_MAX_LENGTH, evaluation_protocol, resolve_evaluation_protocol
 from revela.modelfiles import ModelLoadError, checkpoint_step, load_checked_retriever, resolve_model_path
@@ -67,12 +69,14 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "revela.evaluation/v1"
 METRIC_KEYS = ("ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100", "main_score")
-Encoder = Literal["auto", "local", "ray"]
 PER_QUERY = "ndcg_at_10_per_query"
 """Key of each system's per-query nDCG@10 ({query id: value}) in a dataset entry: what paired tests compare."""
 SAME_PROTOCOL, NATIVE = "backbone_same_protocol", "backbone_native"
-__all__ = ["EVAL_PASSAGE_MAX_LENGTH", "ModelLoadError", "checkpoint_step", "evaluate", "evaluation_protocol",
-           "load_retriever", "resolve_model_path"]
+REPORTED_SETTINGS = ("split", "k", "index", "index_params", "batch_size", "max_length", "passage_max_length", "encoder",
+                     "ignore_identical_ids", "max_queries")
+"""The EvalSettings fields the report states (its "settings" section); "encoder" becomes the one used."""
+__all__ = ["EVAL_PASSAGE_MAX_LENGTH", "EvalSettings", "ModelLoadError", "checkpoint_step", "evaluate",
+           "evaluation_protocol", "load_retriever", "resolve_model_path"]
 
 
 # --------------------------------------------------------------------------------------------------- models
@@ -233,14 +237,143 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def evaluate(model: str | None, datasets, output: str | Path | None = None, *, bm25: bool = False,
-             baseline_model: str | None = None, protocol: dict | None = None, split: str = "test",
-             batch_size: int = 64, max_length: int | None = None, passage_max_length: int | None = None, k: int = 100,
-             index: str = EXACT, index_params: str | None = None, shard_size: int | None = None,
-             encoder: Encoder = "auto", num_actors: int | None = None, dtype: str | None = None,
-             ignore_identical_ids: bool = True, max_queries: int | None = None, eval_dir: str | Path | None = None,
-             progress: bool = True, show_table: bool = True) -> dict:
-    """Score `model` (and the asked-for baselines) on `datasets`; write `output` and its run files; the report.
+class RunFiles:
+    """TREC run files collected while scoring, written together with the report at the end (None: not kept)."""
+
+    def __init__(self, output: Path | None):
+        self.folder = output.with_name(output.stem + ".runs") if output else None
+        self.pending: list[tuple[Path, dict, str]] = []
+
+    def add(self, name: str, run: dict, tag: str) -> str | None:
+        if self.folder is None:
+            return None
+        self.pending.append((self.folder / name, run, tag))
+        return str(self.folder / name)
+
+    def write(self) -> None:
+        for path, run, tag in self.pending:
+            write_trec(path, run, tag)
+
+
+class Scoring:
+    """The systems of one evaluation scored on its datasets, into one entry per dataset (`entries`)."""
+
+    def __init__(self, settings: EvalSettings, sets: list[BeirDataset], progress: bool):
+        self.settings, self.sets, self.progress = settings, sets, progress
+        self.runs = RunFiles(settings.output)
+        self.entries = {ds.name: dataset_entry(ds) for ds in sets}
+
+    def dense(self, name: str, protocol: dict | None = None):
+        """(protocol as encoded, [(run, metrics)] per dataset, encoder used) of model `name`."""
+        s = self.settings
+        protocol, embs, secs, used = _encode_all(name, self.sets, s.encoder, s.batch_size, s.max_length,
+                                                 s.passage_max_length, self.progress, s.num_actors, s.dtype, protocol)
+        results = []
+        for ds, (q, d), enc_s in zip(self.sets, embs, secs):
+            t = time.perf_counter()
+            scores, idx = search(q, d, k=s.k, index=s.index, params=s.index_params, shard_size=s.shard_size)
+            run = to_run(ds.query_ids, ds.doc_ids, scores, idx)
+            search_s = time.perf_counter() - t
+            t = time.perf_counter()
+            metrics = _score(ds, run, s.ignore_identical_ids)
+            metrics["timing_s"] = {"encode": round(enc_s, 3), "search": round(search_s, 3),
+                                   "metrics": round(time.perf_counter() - t, 3)}
+            results.append((run, metrics))
+        return protocol, results, used
+
+    def model(self) -> tuple[dict, str]:
+        """The model's scores into the entries; (the report's "model" section, the encoder used)."""
+        model = self.settings.model
+        path = resolve_model_path(model)
+        protocol, results, used = self.dense(model, self.settings.protocol)
+        for ds, (run, metrics) in zip(self.sets, results):
+            self.entries[ds.name].update(metrics)
+            self.entries[ds.name]["run_file"] = self.runs.add(f"{ds.name}.trec", run, _tag(str(model)))
+        section = {"name": str(model), "path": str(Path(path).resolve()) if Path(path).exists() else path,
+                   "checkpoint_step": checkpoint_step(path), "protocol": protocol}
+        return section, used
+
+    def backbone(self, model_protocol: dict | None) -> None:
+        """The untrained backbone under its own protocol and, with a model, under the model's (one encode when
+        the two are the same)."""
+        baseline = self.settings.baseline_model
+        native = self.dense(baseline)
+        variants = [(NATIVE, native)]
+        if model_protocol is not None:
+            same = native if native[0] == model_protocol else self.dense(baseline, model_protocol)
+            variants.insert(0, (SAME_PROTOCOL, same))
+        for key, (used_protocol, results, _) in variants:
+            for ds, (run, metrics) in zip(self.sets, results):
+                self.entries[ds.name]["baselines"][key] = {
+                    "model": str(baseline), "protocol": used_protocol, **metrics,
+                    "run_file": self.runs.add(f"{ds.name}.{key}.trec", run, _tag(str(baseline)))}
+
+    def bm25(self) -> None:
+        """Plain and identifier-split BM25; without a model the variant that suits each domain is the headline."""
+        from revela.evaluation.baselines import bm25_run
+
+        for ds in self.sets:
+            entry = self.entries[ds.name]
+            for key, ident in (("bm25", False), ("bm25_ident_split", True)):
+                t = time.perf_counter()
+                run = bm25_run(ds, k=self.settings.k, ident_split=ident)
+                entry["baselines"][key] = {
+                    **_score(ds, run, self.settings.ignore_identical_ids), "seconds": round(time.perf_counter() - t, 3),
+                    "run_file": self.runs.add(f"{ds.name}.{key}.trec", run, key)}
+            if self.settings.model is None:
+                best = "bm25_ident_split" if ds.domain == "code" else "bm25"
+                entry.update({m: entry["baselines"][best][m] for m in (*METRIC_KEYS, "ndcg_at_10_ci95", PER_QUERY)})
+                entry["run_file"] = entry["baselines"][best]["run_file"]
+
+    def differences(self) -> None:
+        """Each baseline's `model_minus_this`: the model's paired difference to it."""
+        for entry in self.entries.values():
+            for base in entry["baselines"].values():
+                base["model_minus_this"] = _model_minus(entry, base)
+
+    def datasets_and_average(self) -> tuple[dict, dict]:
+        """The report's "datasets" (headline metrics first) and "average" sections."""
+        first = (*METRIC_KEYS, "ndcg_at_10_ci95", "num_queries", "num_docs", "content_hash")
+        datasets = {name: {**{key: e[key] for key in first if key in e},
+                           **{key: v for key, v in e.items() if key not in first}}
+                    for name, e in self.entries.items()}
+        average = {"datasets": [ds.name for ds in self.sets],
+                   **{m: float(np.mean([e[m] for e in datasets.values()])) for m in METRIC_KEYS}}
+        return datasets, average
+
+
+def dataset_entry(ds: BeirDataset) -> dict:
+    """A dataset's report entry before any system is scored on it."""
+    return {"num_queries": len(ds.queries), "num_docs": len(ds.corpus), "content_hash": ds.content_hash,
+            "path": str(Path(ds.path).resolve()), "split": ds.split, "domain": ds.domain, "skipped": ds.issues,
+            "run_file": None, "baselines": {}}
+
+
+def new_report(settings: EvalSettings) -> dict:
+    """The report's header: schema, time, the settings (REPORTED_SETTINGS) and versions; no results yet."""
+    return {"schema": SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": None, "settings": {key: getattr(settings, key) for key in REPORTED_SETTINGS},
+            "versions": _versions(), "datasets": {}}
+
+
+def check_models(settings: EvalSettings) -> None:
+    """Each dense model's folder, and the index string at its embedding size, before anything is encoded."""
+    for name in (settings.model, settings.baseline_model):
+        if name is not None:
+            check_index(settings.index, settings.index_params, embedding_dim(name))  # also checks the folder
+
+
+def write_report(output: Path, report: dict) -> None:
+    from revela.train.runfolder import write_json
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_json(output, report, allow_nan=False)
+
+
+def evaluate(settings: EvalSettings, *, preloaded: list[BeirDataset] | None = None, progress: bool = True,
+             show_table: bool = True) -> dict:
+    """Score `settings.model` (and the asked-for baselines) on `settings.datasets`; write `settings.output` and its
+    run files; the report. `preloaded`: the datasets already loaded (and sampled), as evaluation actors cache them.
 
     Queries are encoded at `max_length` tokens (None: as the model was trained, or as it declares), passages at
     `passage_max_length` (None: the length the model declares or its checkpoint recorded, else 512; see
@@ -251,115 +384,31 @@ def evaluate(model: str | None, datasets, output: str | Path | None = None, *, b
     (`backbone_native`: what a user gets without training); one encode when the two protocols are the same. Every
     baseline carries the model's paired difference to it (`model_minus_this`, revela.evaluation.significance).
 
-    Every setting, the model folders, the index string and the output path are checked before anything is
-    encoded; run files and the report are written only once everything has been scored.
+    The settings are validated when built (EvalSettings); the model folders and the index string are checked here
+    before anything is encoded; run files and the report are written only once everything has been scored.
     """
-    if model is None and not bm25:
-        raise ValueError("nothing to evaluate: give a model, or bm25=True for a BM25-only report")
-    if encoder not in ("auto", "local", "ray"):
-        raise ValueError(f"encoder must be auto, local or ray, got {encoder!r}")
-    check_settings(batch_size=batch_size, k=k, max_queries=max_queries, num_actors=num_actors, shard_size=shard_size)
-    check_lengths(max_length=max_length, passage_max_length=passage_max_length)
-    check_output(output)
-    dense_models = [m for m in (model, baseline_model) if m is not None]
-    for name in dense_models:
-        check_index(index, index_params, embedding_dim(name))  # also checks each model folder
+    check_models(settings)
     start = time.perf_counter()
-    sets = load_datasets(datasets, split, eval_dir, max_queries)
-    runs_dir = Path(output).with_name(Path(output).stem + ".runs") if output else None
-    pending: list[tuple[Path, dict, str]] = []  # run files, written with the report at the end
-    report: dict = {
-        "schema": SCHEMA,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": None,
-        "settings": {"split": split, "k": k, "index": index, "index_params": index_params, "batch_size": batch_size,
-                     "max_length": max_length, "passage_max_length": passage_max_length, "encoder": encoder,
-                     "ignore_identical_ids": ignore_identical_ids, "max_queries": max_queries},
-        "versions": _versions(),
-        "datasets": {},
-    }
-    entries = {ds.name: {"num_queries": len(ds.queries), "num_docs": len(ds.corpus), "content_hash": ds.content_hash,
-                         "path": str(Path(ds.path).resolve()), "split": ds.split, "domain": ds.domain,
-                         "skipped": ds.issues, "run_file": None, "baselines": {}} for ds in sets}
-
-    def run_file(name: str, run: dict, tag: str) -> str | None:
-        if not runs_dir:
-            return None
-        pending.append((runs_dir / name, run, tag))
-        return str(runs_dir / name)
-
-    def dense(name: str, given=None):
-        protocol, embs, secs, used = _encode_all(name, sets, encoder, batch_size, max_length, passage_max_length,
-                                                 progress, num_actors, dtype, given)
-        results = []
-        for ds, (q, d), enc_s in zip(sets, embs, secs):
-            t = time.perf_counter()
-            scores, idx = search(q, d, k=k, index=index, params=index_params, shard_size=shard_size)
-            run = to_run(ds.query_ids, ds.doc_ids, scores, idx)
-            search_s = time.perf_counter() - t
-            t = time.perf_counter()
-            metrics = _score(ds, run, ignore_identical_ids)
-            metrics["timing_s"] = {"encode": round(enc_s, 3), "search": round(search_s, 3),
-                                   "metrics": round(time.perf_counter() - t, 3)}
-            results.append((run, metrics))
-        return protocol, results, used
-
+    sets = load_datasets(settings.datasets if preloaded is None else preloaded, settings.split, settings.eval_dir,
+                         settings.max_queries)
+    scoring = Scoring(settings, sets, progress)
+    report = new_report(settings)
     model_protocol = None
-    if model is not None:
-        path = resolve_model_path(model)
-        model_protocol, results, used = dense(model, protocol)
-        report["model"] = {"name": str(model), "path": str(Path(path).resolve()) if Path(path).exists() else path,
-                           "checkpoint_step": checkpoint_step(path), "protocol": model_protocol}
-        report["settings"]["encoder"] = used
-        for ds, (run, metrics) in zip(sets, results):
-            entries[ds.name].update(metrics)
-            entries[ds.name]["run_file"] = run_file(f"{ds.name}.trec", run, _tag(str(model)))
-    if baseline_model is not None:
-        native = dense(baseline_model)
-        variants = [(NATIVE, native)]
-        if model_protocol is not None:
-            same = native if native[0] == model_protocol else dense(baseline_model, model_protocol)
-            variants.insert(0, (SAME_PROTOCOL, same))
-        for key, (used_protocol, results, _) in variants:
-            for ds, (run, metrics) in zip(sets, results):
-                entries[ds.name]["baselines"][key] = {
-                    "model": str(baseline_model), "protocol": used_protocol, **metrics,
-                    "run_file": run_file(f"{ds.name}.{key}.trec", run, _tag(str(baseline_model)))}
-    if bm25:
-        from revela.evaluation.baselines import bm25_run
-
-        for ds in sets:
-            for key, ident in (("bm25", False), ("bm25_ident_split", True)):
-                t = time.perf_counter()
-                run = bm25_run(ds, k=k, ident_split=ident)
-                entries[ds.name]["baselines"][key] = {
-                    **_score(ds, run, ignore_identical_ids), "seconds": round(time.perf_counter() - t, 3),
-                    "run_file": run_file(f"{ds.name}.{key}.trec", run, key)}
-            if model is None:  # BM25-only report: the right BM25 variant for the domain is the headline
-                best = "bm25_ident_split" if ds.domain == "code" else "bm25"
-                entries[ds.name].update({m: entries[ds.name]["baselines"][best][m]
-                                         for m in (*METRIC_KEYS, "ndcg_at_10_ci95", PER_QUERY)})
-                entries[ds.name]["run_file"] = entries[ds.name]["baselines"][best]["run_file"]
-    if model is not None:
-        for e in entries.values():
-            for base in e["baselines"].values():
-                base["model_minus_this"] = _model_minus(e, base)
-    first = (*METRIC_KEYS, "ndcg_at_10_ci95", "num_queries", "num_docs", "content_hash")
-    report["datasets"] = {name: {**{key: e[key] for key in first if key in e},
-                                 **{key: v for key, v in e.items() if key not in first}}
-                          for name, e in entries.items()}
-    report["average"] = {"datasets": [ds.name for ds in sets],
-                         **{m: float(np.mean([e[m] for e in report["datasets"].values()])) for m in METRIC_KEYS}}
+    if settings.model is not None:
+        report["model"], report["settings"]["encoder"] = scoring.model()
+        model_protocol = report["model"]["protocol"]
+    if settings.baseline_model is not None:
+        scoring.backbone(model_protocol)
+    if settings.bm25:
+        scoring.bm25()
+    if settings.model is not None:
+        scoring.differences()
+    report["datasets"], report["average"] = scoring.datasets_and_average()
     report["wall_time_s"] = round(time.perf_counter() - start, 3)
     check_finite(report)
-    if output:
-        for path, run, tag in pending:
-            write_trec(path, run, tag)
-        from revela.train.runfolder import write_json
-
-        out = Path(output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out, report, allow_nan=False)
+    if settings.output:
+        scoring.runs.write()
+        write_report(settings.output, report)
     if show_table:
         print_table(report)
     return report

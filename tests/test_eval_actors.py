@@ -12,6 +12,7 @@ import pytest
 from revela.evaluation.actors import EVAL_FILE, CheckpointEvaluator, score_checkpoint, validate_checkpoint
 from revela.evaluation.beir import write_beir
 from revela.evaluation.run import ModelLoadError, evaluate
+from revela.evaluation.settings import EvalSettings
 
 MODEL = "all-minilm-l6-v2"
 CORPUS = {"d1": ("", "Cats are small domesticated felines that purr."),
@@ -54,7 +55,7 @@ def test_score_checkpoint_flat_metrics(setup):
         assert m[f"dev_{metric}"] == pytest.approx((m[f"dev/{metric}"] + m[f"dev2/{metric}"]) / 2)
     assert m["dev2/ndcg_at_10"] == 1.0
     # the checkpoint holds MiniLM's weights and protocol: it must score exactly like the plain model
-    plain = evaluate(MODEL, [str(data)], None, progress=False, show_table=False)["datasets"]["dev"]
+    plain = evaluate(EvalSettings.of(model=MODEL, datasets=[data]), progress=False, show_table=False)["datasets"]["dev"]
     assert m["dev/ndcg_at_10"] == pytest.approx(plain["ndcg_at_10"])
     assert m["dev_eval_seconds"] > 0
 

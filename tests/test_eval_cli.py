@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from revela.evaluation.beir import write_beir
 from revela.evaluation.cli import register
 from revela.evaluation.run import SCHEMA, evaluate
+from revela.evaluation.settings import EvalSettings
 
 MODEL = "all-minilm-l6-v2"
 CORPUS = {
@@ -49,7 +50,7 @@ def read_trec(path):
 
 def test_evaluate_writes_report_and_rescorable_runs(tiny, tmp_path, capsys):
     out = tmp_path / "res" / "minilm.json"
-    report = evaluate(MODEL, [str(tiny[0]), str(tiny[1])], out, bm25=True, progress=False)
+    report = evaluate(EvalSettings.of(model=MODEL, datasets=[tiny[0], tiny[1]], output=out, bm25=True), progress=False)
     assert json.loads(out.read_text()) == report
     assert report["schema"] == SCHEMA and report["model"]["checkpoint_step"] is None
     assert report["model"]["protocol"]["pooling"] == "mean" and report["model"]["protocol"]["max_length"] == 256
@@ -75,8 +76,8 @@ def test_evaluate_writes_report_and_rescorable_runs(tiny, tmp_path, capsys):
 
 
 def test_baseline_backbone_and_max_length(tiny, tmp_path):
-    report = evaluate(MODEL, [str(tiny[0])], None, baseline_model=MODEL, max_length=8, progress=False,
-                      show_table=False)
+    report = evaluate(EvalSettings.of(model=MODEL, datasets=[tiny[0]], baseline_model=MODEL, max_length=8),
+                      progress=False, show_table=False)
     entry = report["datasets"]["tiny"]
     assert report["model"]["protocol"]["max_length"] == 8
     for key in ("backbone_same_protocol", "backbone_native"):  # one encode: the protocols are the same here
@@ -88,17 +89,17 @@ def test_baseline_backbone_and_max_length(tiny, tmp_path):
 
 
 def test_bm25_only_and_duplicate_names(tiny, tmp_path):
-    report = evaluate(None, [str(tiny[0])], tmp_path / "bm25.json", bm25=True, show_table=False)
+    report = evaluate(EvalSettings.of(datasets=[tiny[0]], output=tmp_path / "bm25.json", bm25=True), show_table=False)
     assert report["model"] is None
     assert report["datasets"]["tiny"]["ndcg_at_10"] == report["datasets"]["tiny"]["baselines"]["bm25"]["ndcg_at_10"]
     with pytest.raises(ValueError, match="is given twice .* give each dataset once"):  # a duplicate, not a name clash
-        evaluate(None, [str(tiny[0]), str(tiny[0])], None, bm25=True, show_table=False)
+        evaluate(EvalSettings.of(datasets=[tiny[0], tiny[0]], bm25=True), show_table=False)
     other = tmp_path / "elsewhere" / "tiny"
     write_beir(other, CORPUS, QUERIES, QRELS)
     with pytest.raises(ValueError, match="share the name"):  # two folders, one name
-        evaluate(None, [str(tiny[0]), str(other)], None, bm25=True, show_table=False)
+        evaluate(EvalSettings.of(datasets=[tiny[0], other], bm25=True), show_table=False)
     with pytest.raises(ValueError, match="nothing to evaluate"):
-        evaluate(None, [str(tiny[0])], None)
+        EvalSettings.of(datasets=[tiny[0]])
 
 
 @pytest.fixture(scope="module")

@@ -334,10 +334,11 @@ def test_exclude_eval_refuses_sets_that_hold_nothing_out(code_tree, tmp_path):
 
 def test_the_set_works_where_a_dataset_goes(code_tree, tmp_path):
     from revela.evaluation.run import evaluate
+    from revela.evaluation.settings import EvalSettings
 
     ev = build_corpus_eval([code_tree], tmp_path / "ev")
     assert resolve_dataset(str(ev)) == ev
-    report = evaluate(None, [str(ev)], tmp_path / "bm25.json", bm25=True, progress=False)
+    report = evaluate(EvalSettings.of(datasets=[ev], output=tmp_path / "bm25.json", bm25=True), progress=False)
     entry = report["datasets"]["ev"]
     assert entry["domain"] == "code" and entry["num_queries"] == 16
     assert entry["baselines"]["bm25_ident_split"]["ndcg_at_10"] > 0.5

@@ -12,6 +12,7 @@ import ray
 from revela.evaluation.actors import start_evaluator
 from revela.evaluation.beir import write_beir
 from revela.evaluation.run import evaluate, resolve_model_path
+from revela.evaluation.settings import EvalSettings
 
 pytestmark = pytest.mark.slow
 MODEL = "all-minilm-l6-v2"
@@ -48,12 +49,13 @@ def read_trec(path):
 @pytest.fixture(scope="module")
 def local(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "local.json"
-    return evaluate(MODEL, [str(data)], out, encoder="local", batch_size=4, progress=False, show_table=False)
+    return evaluate(EvalSettings.of(model=MODEL, datasets=[data], output=out, encoder="local", batch_size=4),
+                    progress=False, show_table=False)
 
 
 def test_actor_pool_encoder_matches_in_process(cluster, data, local, tmp_path):
-    pooled = evaluate(MODEL, [str(data)], tmp_path / "ray.json", encoder="ray", batch_size=4, num_actors=2,
-                      progress=False, show_table=False)
+    pooled = evaluate(EvalSettings.of(model=MODEL, datasets=[data], output=tmp_path / "ray.json", encoder="ray",
+                                      batch_size=4, num_actors=2), progress=False, show_table=False)
     assert pooled["settings"]["encoder"] == "ray" and local["settings"]["encoder"] == "local"
     assert pooled["model"]["protocol"] == local["model"]["protocol"]
     a = read_trec(local["datasets"]["synthetic"]["run_file"])

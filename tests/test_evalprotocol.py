@@ -154,6 +154,7 @@ def test_minilm_default_evaluation_is_stock_sentence_transformers(data):
     from revela.evaluation.beir import load_beir
     from revela.evaluation.metrics import evaluate_run
     from revela.evaluation.run import evaluate, load_retriever
+    from revela.evaluation.settings import EvalSettings
 
     ds = load_beir(data)
     ours = load_retriever("all-minilm-l6-v2")
@@ -165,7 +166,7 @@ def test_minilm_default_evaluation_is_stock_sentence_transformers(data):
     assert np.abs(ours.encode(ds.query_texts(), "query") - queries_st).max() < 1e-5
     scores = queries_st @ docs_st.T
     run = {q: {d: float(s) for d, s in zip(ds.doc_ids, row)} for q, row in zip(ds.query_ids, scores)}
-    report = evaluate("all-minilm-l6-v2", [str(data)], None, progress=False, show_table=False)
+    report = evaluate(EvalSettings.of(model="all-minilm-l6-v2", datasets=[data]), progress=False, show_table=False)
     assert report["datasets"]["tiny"]["ndcg_at_10"] == pytest.approx(evaluate_run(ds.qrels, run)["ndcg_at_10"])
     assert report["model"]["protocol"]["passage_max_length"] == 256 and report["settings"]["passage_max_length"] is None
 

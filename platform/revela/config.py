@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from revela.configbase import SafeName, StrictModel
 from revela.data.config import DataConfig
+from revela.evaluation.settings import Count, ScoringSettings
 
 Finetune = Literal["lora", "full", "frozen"]
 
@@ -158,18 +159,13 @@ class RayConfig(StrictModel):
         return value
 
 
-class EvalConfig(StrictModel):
-    datasets: list[str] = []
-    """Dev sets scored on every checkpoint while training goes on: BEIR-layout directories or offline suite names
-    (stdlib-code, pyfaq). Empty: no in-training evaluation; checkpoints are kept by recency."""
-    max_queries: int | None = Field(200, ge=1)
+class EvalConfig(ScoringSettings):
+    """Dev sets scored on every checkpoint while training goes on (`datasets`: BEIR-layout directories or offline
+    suite names; empty: no in-training evaluation, checkpoints are kept by recency), with the query sample, batch
+    size and lengths `revela evaluate` also takes (revela.evaluation.settings.ScoringSettings)."""
+
+    max_queries: Count | None = 200
     """Queries sampled per dev set (the corpus stays whole)."""
-    batch_size: int = Field(32, ge=1)
-    max_length: int | None = Field(None, ge=2)
-    """Query tokens at evaluation; None: as trained."""
-    passage_max_length: int | None = Field(None, ge=2)
-    """Passage tokens at evaluation; None: the length the retriever declares (its sentence-transformers
-    max_seq_length, recorded in every checkpoint), else 512 as the authors evaluate decoders (revela.evalprotocol)."""
     num_cpus: float = Field(0.5, ge=0)
     num_gpus: float = Field(0, ge=0)
     select_best_by: str = "dev_ndcg_at_10"
