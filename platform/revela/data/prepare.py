@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Optional
 
 import typer  # module level: typer resolves the command's string annotations in this module's globals
 
+from revela.clierrors import fail
 from revela.data.chunking import Chunker, ChunkRules, TokenCounter
 from revela.data.config import DataConfig, Grouping, KindChoice
 from revela.data.grouping import GroupingError, make_groups
@@ -290,13 +291,8 @@ def register(app) -> None:
                     on_bad_record=on_bad_record, exclude_eval=exclude_eval or [], force=force,
                     progress=not no_progress)
         except ValidationError as e:  # name the flag the user typed, not the DataConfig field behind it
-            bad = "; ".join(f"{_flag(err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in e.errors())
-            typer.echo(f"error: {bad}", err=True)
-            raise typer.Exit(2) from None
+            fail("; ".join(f"{_flag(err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in e.errors()))
         except BadRecordError as e:
-            typer.echo(f"error: {e.where}: {e.problem} (pass --on-bad-record skip to skip and count such records)",
-                       err=True)
-            raise typer.Exit(2) from None
+            fail(f"{e.where}: {e.problem} (pass --on-bad-record skip to skip and count such records)")
         except (IngestError, GroupingError, ShardError, ValueError) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
+            fail(str(e))
