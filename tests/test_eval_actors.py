@@ -1,11 +1,7 @@
 """Scoring a training checkpoint directory: flat metrics, the step, recording, incompatible checkpoints."""
 
 import json
-import os
 import shutil
-
-for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
-    os.environ.setdefault(_k, _v)
 
 import pytest
 

@@ -1,11 +1,5 @@
 """The Ray paths: Ray Data actor-pool encoding matches in-process encoding; an evaluator actor scores async."""
 
-import os
-
-for _k, _v in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
-               "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
-    os.environ.setdefault(_k, _v)
-
 import pytest
 import ray
 
