@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import os
 
-for _k, _v in dict(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled",
-                   RAY_DATA_DISABLE_PROGRESS_BARS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                   HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false").items():
-    os.environ.setdefault(_k, _v)
+from revela.environment import SHELL_ENV, set_defaults
+
+set_defaults(SHELL_ENV)  # as scripts/env.sh, before ray or transformers are imported
 
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402

@@ -1,4 +1,5 @@
-"""Build the offline suite and reproduce the reference baselines of offline-assets.md §3b (nDCG@10, ±0.01).
+"""Build the offline suite and reproduce the reference baselines of docs/offline-assets.md, Evaluation sets
+(nDCG@10, ±0.01).
 
     targets                      stdlib-code   pyfaq
     BM25 (bm25s, stem+stop)      0.458 (identifier split)   0.401 (plain)

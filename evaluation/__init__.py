@@ -4,8 +4,8 @@ Modules, one idea each (import them directly; this package imports nothing heavy
 
 - `revela.evaluation.beir`: load and validate a BEIR-layout directory (`corpus.jsonl`, `queries.jsonl`,
   `qrels/<split>.tsv`), with a content hash and counted, reported skips.
-- `revela.evaluation.suite`: the offline suite `stdlib-code` and `pyfaq` (offline-assets.md §3b), built
-  deterministically from the Python standard library and the Debian `python3.11-doc` HTML.
+- `revela.evaluation.suite`: the offline suite `stdlib-code` and `pyfaq` (docs/offline-assets.md, Evaluation
+  sets), built deterministically from the Python standard library and the Debian `python3.11-doc` HTML.
 - `revela.evaluation.corpus_eval`: a set built from the user's own corpus (`build-evals --from-corpus`), with
   documents held out of training; its pairings come from `revela.evaluation.codesearchnet` (docstring ->
   definition, shared with `stdlib-code`) and `revela.evaluation.prose_sections` (heading/question -> section).

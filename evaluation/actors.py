@@ -1,26 +1,18 @@
 """Score training checkpoints on a dev suite while training goes on.
 
-Two ways to plug this into a Ray Train V2 run (the scorer runs as its own Ray task or actor, so training does not
-wait for it):
+Through Ray Train V2's asynchronous validation hook (the scorer runs as its own Ray task, so training does not
+wait for it)::
 
-1. Train V2's asynchronous validation hook::
+    from revela.evaluation.actors import validation_config
+    trainer = TorchTrainer(..., validation_config=validation_config(["stdlib-code"], max_queries=200),
+                           run_config=RunConfig(checkpoint_config=CheckpointConfig(
+                               checkpoint_score_attribute="dev_ndcg_at_10", checkpoint_score_order="max")))
+    # in the train loop, with a checkpoint:  ray.train.report(metrics, checkpoint=ckpt, validation=True)
 
-       from revela.evaluation.actors import validation_config
-       trainer = TorchTrainer(..., validation_config=validation_config(["stdlib-code"], max_queries=200),
-                              run_config=RunConfig(checkpoint_config=CheckpointConfig(
-                                  checkpoint_score_attribute="dev_ndcg_at_10", checkpoint_score_order="max")))
-       # in the train loop, with a checkpoint:  ray.train.report(metrics, checkpoint=ckpt, validation=True)
+Ray runs `validate_checkpoint(checkpoint, **fn_kwargs)` as a task per checkpoint and merges the returned
+metrics into that checkpoint's metrics, where they drive best-checkpoint selection.
 
-   Ray runs `validate_checkpoint(checkpoint, **fn_kwargs)` as a task per checkpoint and merges the returned
-   metrics into that checkpoint's metrics, where they drive best-checkpoint selection.
-
-2. A dedicated actor fed with checkpoint directories (e.g. from a callback or the driver)::
-
-       scorer = start_evaluator(["stdlib-code", "/data/beir/scifact"], max_queries=200)
-       ref = scorer.score.remote("/runs/r1/checkpoint_000003")   # returns at once; scoring runs in the actor
-       ray.get(scorer.best.remote("dev_ndcg_at_10"))
-
-`score_checkpoint` is the plain function under both; it loads the dev sets once per process and is cheap for
+`score_checkpoint` is the plain function under it; it loads the dev sets once per process and is cheap for
 small sets (`max_queries` samples the queries, the corpus stays whole).
 
 Returned metrics are flat floats: `dev_ndcg_at_10`, `dev_recall_at_100`, `dev_mrr_at_10`, `dev_map_at_100`
@@ -168,36 +160,3 @@ def validation_config(datasets: list[str], *, num_cpus: float = 0.5, num_gpus: f
                             # Train controller would otherwise put it into the trial's tiny bundle, where it cannot fit
                             ray_remote_kwargs={"num_cpus": num_cpus, "num_gpus": num_gpus,
                                                "scheduling_strategy": "DEFAULT"})
-
-
-class CheckpointEvaluator:
-    """Scores checkpoint directories one after another and remembers the results (use via `start_evaluator`)."""
-
-    def __init__(self, datasets: list[str], **score_kwargs):
-        self.datasets = list(datasets)
-        self.score_kwargs = score_kwargs
-        _dev_sets(self.datasets, score_kwargs.get("split", "test"), score_kwargs.get("max_queries"),
-                  score_kwargs.get("eval_dir"))  # load (and build) the dev sets once, up front
-        self._history: list[dict] = []
-
-    def score(self, checkpoint_dir: str, step: int | None = None) -> dict[str, float]:
-        metrics = score_checkpoint(checkpoint_dir, self.datasets, **self.score_kwargs)
-        if step is not None:
-            metrics["checkpoint_step"] = float(step)
-        self._history.append({"checkpoint": str(checkpoint_dir), "metrics": metrics})
-        return metrics
-
-    def history(self) -> list[dict]:
-        return list(self._history)
-
-    def best(self, metric: str = "dev_ndcg_at_10") -> dict | None:
-        scored = [h for h in self._history if metric in h["metrics"]]
-        return max(scored, key=lambda h: h["metrics"][metric]) if scored else None
-
-
-def start_evaluator(datasets: list[str], *, num_cpus: float = 0.5, num_gpus: float = 0, **score_kwargs):
-    """A `CheckpointEvaluator` Ray actor; `.score.remote(dir)` queues a checkpoint and returns at once."""
-    import ray
-
-    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(CheckpointEvaluator).remote(list(datasets),
-                                                                                      **score_kwargs)

@@ -2,8 +2,8 @@
 
 BM25 is bm25s (default Lucene-style BM25, k1=1.5, b=0.75) over bm25s' tokenizer with the English Snowball
 stemmer (PyStemmer) and English stopwords; documents are `title + " " + text` as for dense models. On code,
-identifiers are split first (`foo_barBaz` -> `foo bar Baz`), which is the variant offline-assets.md §3b reports
-for stdlib-code (0.458 nDCG@10 vs 0.333 without).
+identifiers are split first (`foo_barBaz` -> `foo bar Baz`), the variant of the stdlib-code reference baseline
+(docs/offline-assets.md, Evaluation sets: 0.458 nDCG@10 vs 0.333 without; reproduced in bench/EVAL_NOTES.md).
 
 The untrained backbone goes through exactly the dense path of `revela.evaluation.run`, twice: under the model's
 protocol (the control for the effect of training) and under its own (what a user gets untrained); see

@@ -17,12 +17,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from revela.clierrors import fail
 from revela.options import at_least
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
 
 
 def evaluate_cmd(
@@ -68,7 +64,7 @@ def evaluate_cmd(
                                    index_params=index_params, encoder=encoder, num_actors=num_actors,
                                    max_queries=max_queries, eval_dir=eval_dir)
     except SettingsError as e:
-        _fail(str(e.with_flags(FLAGS)))
+        fail(str(e.with_flags(FLAGS)))
     if encoder == "ray":
         import ray
 
@@ -79,7 +75,7 @@ def evaluate_cmd(
     try:
         evaluate(settings, progress=not no_progress)
     except (DatasetError, ModelLoadError, ValueError) as e:  # bad input: say why, no traceback
-        _fail(str(e))
+        fail(str(e))
     typer.echo(f"wrote {output}")
 
 
@@ -145,7 +141,7 @@ def build_evals_cmd(
     try:
         built = build_suite(out, names, html_root=html_root, force=force)
     except (DatasetError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     for name, path in built.items():
         manifest = json.loads((path / MANIFEST).read_text())
         typer.echo(f"{name}: {path}  queries={manifest['counts']['queries']} docs={manifest['counts']['docs']} "
@@ -161,20 +157,20 @@ def _build_from_corpus(sources: list[Path], out: Optional[Path], which: Optional
     from revela.evaluation.corpus_eval import build_corpus_eval, print_summary
 
     if which is not None:
-        _fail("--which names suite sets; it does not go with --from-corpus")
+        fail("--which names suite sets; it does not go with --from-corpus")
     if out is None:
-        _fail("--from-corpus needs --out DIR (the dataset folder to write)")
+        fail("--from-corpus needs --out DIR (the dataset folder to write)")
     if kind not in ("auto", "code", "prose"):
-        _fail(f"--kind must be auto, code or prose, got {kind!r}")
+        fail(f"--kind must be auto, code or prose, got {kind!r}")
     if on_bad_record not in ("error", "skip"):
-        _fail(f"--on-bad-record must be error or skip, got {on_bad_record!r}")
+        fail(f"--on-bad-record must be error or skip, got {on_bad_record!r}")
     if not 0.0 <= holdout < 1.0:
-        _fail(f"--holdout must be in [0, 1) (the fraction of documents kept out of training), got {holdout}")
+        fail(f"--holdout must be in [0, 1) (the fraction of documents kept out of training), got {holdout}")
     try:
         path = build_corpus_eval(sources, out, kind=kind, max_queries=max_queries, seed=seed, holdout=holdout,
                                  on_bad_record=on_bad_record, force=force, progress=progress)
     except (IngestError, DatasetError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     print_summary(json.loads((path / MANIFEST).read_text()), path)
 
 

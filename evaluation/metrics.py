@@ -63,13 +63,6 @@ def aggregate(values: dict[str, dict[str, float]]) -> dict[str, float]:
             for key, v in values.items()}
 
 
-def evaluate_run(qrels: Qrels, run: Run, ignore_identical_ids: bool = True) -> dict[str, float]:
-    """{"ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100", "main_score"} averaged over judged queries."""
-    scores = aggregate(per_query(qrels, run, ignore_identical_ids))
-    scores["main_score"] = scores[MAIN_SCORE]
-    return scores
-
-
 def bootstrap_ci(values: list[float] | np.ndarray, level: float = 0.95, samples: int = 2000,
                  seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of per-query values (small sets like pyfaq need one)."""

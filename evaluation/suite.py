@@ -1,7 +1,7 @@
 """The offline evaluation suite, built from real text that ships with Python and a Debian package.
 
-No standard IR benchmark can be installed offline (offline-assets.md §3a), so the suite uses pairings that
-occur naturally in the source (offline-assets.md §3b and appendix A):
+No standard IR benchmark can be installed offline, so the suite uses pairings that occur naturally in the source
+(docs/offline-assets.md, Evaluation sets; reference baselines in bench/EVAL_NOTES.md):
 
 - `stdlib-code`: the CodeSearchNet protocol on the CPython standard library of the running interpreter. Query =
   the first sentence of a function's docstring (at least 4 words, at most 300 characters, unique among all

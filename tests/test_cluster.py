@@ -29,7 +29,8 @@ from cluster import TwoNodeCluster
 from revela.config import RunConfig
 from revela.configbase import load_config
 from revela.retriever import CHECKPOINT_MARKER
-from revela.train.driver import TrainingStoppedError, ensure_ray, run
+from revela.train.driver import TrainingStoppedError, run
+from revela.train.ray_setup import ensure_ray
 from revela.train.resume import SNAPSHOT, repair_snapshot
 from revela.train.storage import MARKER_DIR, NODE_ROOT_ENV, StorageNotSharedError, write_marker
 from tiny import tiny_encoder, tiny_lm, tiny_run_overrides, tokenizer, write_json_dev_set, write_tiny_run_assets

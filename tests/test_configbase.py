@@ -18,7 +18,7 @@ def test_a_section_given_twice_in_a_run_config_is_refused_with_file_and_line(tmp
     out = CliRunner().invoke(app, ["train", "-c", str(path)])
     assert out.exit_code == 2
     assert [line for line in out.output.splitlines() if line.strip()] == \
-        [f"{path}:5: duplicate key 'train' (first at line 2)"]
+        [f"error: {path}:5: duplicate key 'train' (first at line 2)"]
 
 
 def test_duplicate_keys_in_flow_mappings_sweeps_and_overrides_are_refused(tmp_path):

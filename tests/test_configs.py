@@ -19,7 +19,7 @@ def test_configs_are_shipped():
 def test_every_shipped_config_validates(path):
     cfg = load_config(RunConfig, path)
     assert cfg.name
-    assert cfg.data.group_size >= 2
+    assert cfg.data.group_size >= 3
 
 
 def test_paper_config_is_the_papers_recipe():
@@ -64,9 +64,12 @@ def test_overrides_and_partial_sections_keep_other_defaults(tmp_path):
         load_config(RunConfig, None, ["train.max_steps"])
 
 
-def test_group_size_one_is_refused():
-    with pytest.raises(ConfigError, match="group_size"):
-        load_config(RunConfig, None, ["data.group_size=1"])
+@pytest.mark.parametrize("b", [1, 2])
+def test_group_sizes_below_three_are_refused_naming_the_field(b):
+    # at B=2 each chunk's Sim is a softmax over one other chunk: always 1, so the retriever gets no gradient
+    with pytest.raises(ConfigError, match=rf"data\.group_size: must be at least 3: .*B=2.* \(got {b}\)"):
+        load_config(RunConfig, None, [f"data.group_size={b}"])
+    assert load_config(RunConfig, None, ["data.group_size=3"]).data.group_size == 3
 
 
 SWEEPS = sorted((Path(__file__).resolve().parents[1] / "jobs" / "sweeps").glob("*.yaml"))

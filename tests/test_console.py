@@ -6,12 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from revela.train.console import RunConsole, StepClock, duration, final_summary, step_line
-from revela.train.ray_setup import QUIET_ENV, state_api_env, train_logging
-
-ROOT = Path(__file__).resolve().parents[1]
+from revela.train.ray_setup import state_api_env, train_logging
 
 
 def row(step, t, **extra):
@@ -103,6 +100,3 @@ def test_ray_switches():
     assert state_api_env("http://127.0.0.1:8265") == {"RAY_API_SERVER_ADDRESS": "http://127.0.0.1:8265"}
     assert state_api_env("127.0.0.1:6379") == {"RAY_ADDRESS": "127.0.0.1:6379"}
     assert state_api_env("auto") == {} and state_api_env(None) == {}
-    # a submitted job gets the same quiet environment as the embedded Ray's workers
-    job_env = yaml.safe_load((ROOT / "jobs" / "runtime_env.yaml").read_text())["env_vars"]
-    assert {k: job_env.get(k) for k in QUIET_ENV} == QUIET_ENV

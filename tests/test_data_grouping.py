@@ -152,7 +152,7 @@ def test_bm25_reuse_covers_every_chunk_and_reports_reuse(chunks):
 def test_too_few_chunks_and_bad_settings_are_clear_errors(chunks):
     with pytest.raises(GroupingError, match=r"only 3 chunks in total, fewer than one group of B=4"):
         make_groups(chunks[:3], 4, "adjacent")
-    with pytest.raises(GroupingError, match="group_size must be >= 2"):
+    with pytest.raises(GroupingError, match="group_size must be >= 3"):
         make_groups(chunks, 1, "random")
     with pytest.raises(GroupingError, match="unknown grouping 'nearest'"):
         make_groups(chunks, 4, "nearest")  # type: ignore[arg-type]

@@ -44,6 +44,9 @@ def test_a_source_given_twice_is_read_once_and_reported(tmp_path):
     (["--on-bad-record", "skipp"], "error: --on-bad-record: Input should be 'error' or 'skip' (got 'skipp')"),
     (["--grouping", "bm26"], "error: --grouping: Input should be 'adjacent', 'bm25' or 'random' (got 'bm26')"),
     (["--max-tokens", "2"], "error: --max-tokens: Input should be greater than or equal to 8 (got 2)"),
+    (["--group-size", "2"], "error: --group-size: must be at least 3: each chunk's Sim is a softmax over the B-1 "
+                            "other chunks of its group, so at B=2 it is always 1 and the retriever learns nothing "
+                            "(got 2)"),
 ])
 def test_bad_options_are_named_by_the_flag_typed(tmp_path, args, message):
     corpus = write_corpus(tmp_path / "corpus.jsonl")
@@ -64,4 +67,4 @@ def test_a_bad_record_names_the_flag_on_the_command_line_and_the_key_in_a_config
     assert f"{bad}:2: malformed JSON" in out.output and "(pass --on-bad-record skip to skip and count such " \
         "records)" in out.output and "on_bad_record" not in out.output
     with pytest.raises(IngestError, match=r"bad\.jsonl:2: malformed JSON.*\(set data\.on_bad_record: skip to skip"):
-        prepare_config(DataConfig(sources=[str(bad)], group_size=2), tmp_path / "o2", progress=False, quiet=True)
+        prepare_config(DataConfig(sources=[str(bad)], group_size=3), tmp_path / "o2", progress=False, quiet=True)

@@ -90,7 +90,8 @@ def test_a_run_that_ends_without_a_checkpoint_says_so_in_one_line(tmp_path):
 @pytest.mark.timeout(420)
 def test_a_run_checkpoints_its_last_step_when_checkpoint_every_is_longer(assets, tmp_path):
     from revela.train.checkpoint import checkpoint_step, is_complete
-    from revela.train.driver import ensure_ray, run
+    from revela.train.driver import run
+    from revela.train.ray_setup import ensure_ray
 
     dev = write_json_dev_set(tmp_path / "dev")
     cfg = load_config(RunConfig, None, tiny_run_overrides(

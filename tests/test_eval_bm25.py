@@ -4,7 +4,7 @@ import pytest
 
 from revela.evaluation.baselines import bm25_run, bm25_search, split_identifiers
 from revela.evaluation.beir import load_beir, write_beir
-from revela.evaluation.metrics import evaluate_run
+from revela.evaluation.metrics import aggregate, per_query
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -46,5 +46,6 @@ def test_bm25_run_on_a_dataset(tmp_path):
     run = bm25_run(ds, k=2, ident_split=True)
     assert set(run) == {"q1", "q2", "q3"} and all(len(r) == 2 for r in run.values())
     assert max(run["q3"], key=run["q3"].get) == "d2"
-    assert evaluate_run(ds.qrels, run)["recall_at_100"] == pytest.approx(1.0)
-    assert evaluate_run(ds.qrels, bm25_run(ds, k=2))["ndcg_at_10"] < evaluate_run(ds.qrels, run)["ndcg_at_10"]
+    full = aggregate(per_query(ds.qrels, run))
+    assert full["recall_at_100"] == pytest.approx(1.0)
+    assert aggregate(per_query(ds.qrels, bm25_run(ds, k=2)))["ndcg_at_10"] < full["ndcg_at_10"]

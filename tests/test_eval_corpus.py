@@ -281,19 +281,19 @@ def test_holdout_documents_are_absent_from_prepared_shards(code_tree, tmp_path):
     assert all(next(iter(ds.qrels[q])).rsplit(":", 1)[0] in held for q in ds.queries)  # judged on held-out text
     assert m["counts"]["dropped_queries"]["in_training_documents"] > 0
 
-    summary = prepare([code_tree], tmp_path / "shards", group_size=2, exclude_eval=[ev], progress=False,
+    summary = prepare([code_tree], tmp_path / "shards", group_size=3, exclude_eval=[ev], progress=False,
                       quiet=True)
     doc_ids = {d for ids in read_groups(tmp_path / "shards").column("doc_ids").to_pylist() for d in ids}
     assert doc_ids and not doc_ids & held
     assert summary["skipped"]["eval_holdout"] == 4
     assert summary["exclude_eval"][0]["found"] == 4 and summary["exclude_eval"][0]["not_found"] == 0
-    plain = prepare([code_tree], tmp_path / "plain", group_size=2, progress=False, quiet=True)
+    plain = prepare([code_tree], tmp_path / "plain", group_size=3, progress=False, quiet=True)
     assert held <= {d for ids in read_groups(tmp_path / "plain").column("doc_ids").to_pylist() for d in ids}
     assert plain["input_hash"] != summary["input_hash"]
 
     # the same text under another source name is still recognised (by its sha256), here through the config
     renamed = shutil.copytree(code_tree, tmp_path / "renamed")
-    cfg = DataConfig(sources=[str(renamed)], group_size=2, exclude_eval=str(ev))
+    cfg = DataConfig(sources=[str(renamed)], group_size=3, exclude_eval=str(ev))
     assert cfg.exclude_eval == [str(ev)]
     summary = prepare_config(cfg, tmp_path / "shards2", progress=False, quiet=True)
     doc_ids = {d for ids in read_groups(tmp_path / "shards2").column("doc_ids").to_pylist() for d in ids}
@@ -316,17 +316,17 @@ def test_exclude_eval_refuses_sets_that_hold_nothing_out(code_tree, tmp_path):
 
     no_holdout = build_corpus_eval([code_tree], tmp_path / "ev0")
     with pytest.raises(ValueError, match="built without --holdout"):
-        prepare([code_tree], tmp_path / "s", group_size=2, exclude_eval=[no_holdout], progress=False, quiet=True)
+        prepare([code_tree], tmp_path / "s", group_size=3, exclude_eval=[no_holdout], progress=False, quiet=True)
     suite_like = tmp_path / "suite"
     suite_like.mkdir()
     (suite_like / MANIFEST).write_text(json.dumps({"name": "stdlib-code"}))
     with pytest.raises(ValueError, match="names no held-out documents"):
-        prepare([code_tree], tmp_path / "s", group_size=2, exclude_eval=[suite_like], progress=False, quiet=True)
+        prepare([code_tree], tmp_path / "s", group_size=3, exclude_eval=[suite_like], progress=False, quiet=True)
     with pytest.raises(ValueError, match="no revela_dataset.json"):
-        prepare([code_tree], tmp_path / "s", group_size=2, exclude_eval=[tmp_path], progress=False, quiet=True)
+        prepare([code_tree], tmp_path / "s", group_size=3, exclude_eval=[tmp_path], progress=False, quiet=True)
     # shards prepared without the exclusion are refused when a run asks for it
     ev = build_corpus_eval([code_tree], tmp_path / "ev", holdout=0.5)
-    prepare([code_tree], tmp_path / "plain", group_size=2, progress=False, quiet=True)
+    prepare([code_tree], tmp_path / "plain", group_size=3, progress=False, quiet=True)
     cfg = RunConfig.model_validate({"data": {"shards": str(tmp_path / "plain"), "exclude_eval": str(ev)}})
     with pytest.raises(ValueError, match="prepared without excluding"):
         prepared_shards(cfg, tmp_path / "run")

@@ -1,15 +1,8 @@
-"""The Ray paths: Ray Data actor-pool encoding matches in-process encoding; an evaluator actor scores async."""
-
-import os
-
-for _k, _v in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
-               "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
-    os.environ.setdefault(_k, _v)
+"""The Ray path: Ray Data actor-pool encoding matches in-process encoding."""
 
 import pytest
 import ray
 
-from revela.evaluation.actors import start_evaluator
 from revela.evaluation.beir import write_beir
 from revela.evaluation.run import evaluate, resolve_model_path
 from revela.evaluation.settings import EvalSettings
@@ -66,19 +59,3 @@ def test_actor_pool_encoder_matches_in_process(cluster, data, local, tmp_path):
         assert all(abs(a[q][d] - b[q][d]) < 1e-5 for d in a[q])
     for m in ("ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100"):
         assert pooled["datasets"]["synthetic"][m] == pytest.approx(local["datasets"]["synthetic"][m])
-
-
-def test_evaluator_actor_scores_asynchronously(cluster, data, local):
-    model_dir = resolve_model_path(MODEL)
-    scorer = start_evaluator([str(data)], num_cpus=0.5)
-    refs = [scorer.score.remote(model_dir, step=s) for s in (10, 20)]  # returns at once; the actor works on them
-    assert all(isinstance(r, ray.ObjectRef) for r in refs)
-    results = ray.get(refs, timeout=300)
-    assert [r["checkpoint_step"] for r in results] == [10.0, 20.0]
-    for r in results:  # the actor scores exactly what the in-process evaluation of the same model scores
-        for m in ("ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100"):
-            assert r[f"dev_{m}"] == pytest.approx(local["datasets"]["synthetic"][m])
-            assert r[f"synthetic/{m}"] == r[f"dev_{m}"]
-    best = ray.get(scorer.best.remote("dev_ndcg_at_10"))
-    assert best["checkpoint"] == model_dir and len(ray.get(scorer.history.remote())) == 2
-    ray.kill(scorer)

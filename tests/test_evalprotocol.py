@@ -152,7 +152,7 @@ def test_minilm_default_evaluation_is_stock_sentence_transformers(data):
     from sentence_transformers import SentenceTransformer
 
     from revela.evaluation.beir import load_beir
-    from revela.evaluation.metrics import evaluate_run
+    from revela.evaluation.metrics import aggregate, per_query
     from revela.evaluation.run import evaluate, load_retriever
     from revela.evaluation.settings import EvalSettings
 
@@ -167,7 +167,8 @@ def test_minilm_default_evaluation_is_stock_sentence_transformers(data):
     scores = queries_st @ docs_st.T
     run = {q: {d: float(s) for d, s in zip(ds.doc_ids, row)} for q, row in zip(ds.query_ids, scores)}
     report = evaluate(EvalSettings.of(model="all-minilm-l6-v2", datasets=[data]), progress=False, show_table=False)
-    assert report["datasets"]["tiny"]["ndcg_at_10"] == pytest.approx(evaluate_run(ds.qrels, run)["ndcg_at_10"])
+    expected = aggregate(per_query(ds.qrels, run))["ndcg_at_10"]
+    assert report["datasets"]["tiny"]["ndcg_at_10"] == pytest.approx(expected)
     assert report["model"]["protocol"]["passage_max_length"] == 256 and report["settings"]["passage_max_length"] is None
 
 

@@ -78,15 +78,15 @@ def test_1_records_take_their_kind_from_kind_or_language_fields(tmp_path):
 
     code = "def {n}(values):\n    total = 0\n    for v in values:\n        total += v * {n2}\n    return total\n"
     prose = "Rivers carry water from the hills down to the sea. Fish swim upstream in spring to lay eggs."
-    records = ([{"id": f"c{i}", "text": code.format(n=f"f{i}", n2=i), "language": "Python"} for i in range(4)]
+    records = ([{"id": f"c{i}", "text": code.format(n=f"f{i}", n2=i), "language": "Python"} for i in range(6)]
                + [{"id": f"p{i}", "text": prose, "kind": "prose"} for i in range(2)]
                + [{"id": f"u{i}", "text": prose} for i in range(2)])
     corpus = tmp_path / "coir.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in records))
-    res = cli("prepare", "--source", corpus, "--out", tmp_path / "out", "--group-size", "2", "--no-progress")
+    res = cli("prepare", "--source", corpus, "--out", tmp_path / "out", "--group-size", "3", "--no-progress")
     assert res.exit_code == 0, res.output
     counts = read_manifest(tmp_path / "out")["counts"]
-    assert counts["documents_by_kind_from"] == {"default:prose": 2, "kind_field:prose": 2, "language_field:code": 4}
+    assert counts["documents_by_kind_from"] == {"default:prose": 2, "kind_field:prose": 2, "language_field:code": 6}
     assert counts["groups_by_kind"]["code"] == 2  # trained with code settings: no V-norm, no first-half view
     note = [line for line in res.output.splitlines() if "no `kind` or `language` field" in line]
     assert len(note) == 1 and "2 records" in note[0] and "--kind code" in note[0]
@@ -99,7 +99,7 @@ def test_1_records_take_their_kind_from_kind_or_language_fields(tmp_path):
     columns = ("id", "text", "kind", "language")  # missing fields become nulls
     pq.write_table(pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in records]), tmp_path / "coir.parquet")
     docs = list(iter_documents(resolve_sources([tmp_path / "coir.parquet"])[0], SkipCounter()))
-    assert [(d.kind, d.kind_from) for d in docs] == [("code", "language_field")] * 4 + [
+    assert [(d.kind, d.kind_from) for d in docs] == [("code", "language_field")] * 6 + [
         ("prose", "kind_field")] * 2 + [("prose", "default")] * 2
     forced = list(iter_documents(resolve_sources([corpus])[0], SkipCounter(), kind="code"))
     assert {(d.kind, d.kind_from) for d in forced} == {("code", "option")}

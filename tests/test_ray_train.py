@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    from revela.train.driver import ensure_ray
+    from revela.train.ray_setup import ensure_ray
 
     ensure_ray(None)
     yield

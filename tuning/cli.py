@@ -17,10 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
+from revela.clierrors import PARTLY_FAILED, fail
 
 
 def sweep_cmd(
@@ -38,16 +35,16 @@ def sweep_cmd(
     from revela.tuning.sweep import SweepConflictError, SweepResourceError, run_sweep
 
     if resume and overwrite:
-        _fail("--resume and --overwrite exclude each other")
+        fail("--resume and --overwrite exclude each other")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         outcome = run_sweep(config, overrides or [], mode="resume" if resume else "overwrite" if overwrite else "auto")
     except (ConfigError, DatasetError, SweepConflictError, SweepResourceError, IngestError, GroupingError) as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(json.dumps(outcome, indent=2, default=str))
     if outcome["errors"] or outcome["missing"]:
-        _fail(f"{len(outcome['missing'])} trial(s) without results: {', '.join(outcome['missing'])}; re-run the "
-              f"same command to continue them", code=1)
+        fail(f"{len(outcome['missing'])} trial(s) without results: {', '.join(outcome['missing'])}; re-run the "
+              f"same command to continue them", code=PARTLY_FAILED)
     typer.echo(f"next: revela report {outcome['sweep_dir']}")
 
 
@@ -62,7 +59,7 @@ def report_cmd(
     try:
         written = write_report(sweep_dir, out)
     except (ReportError, SweepFolderError) as e:
-        _fail(str(e))
+        fail(str(e))
     for key in ("csv", "parquet", "summary"):
         typer.echo(f"{key}: {written[key]}")
     for what, path in written["plots"].items():

@@ -27,7 +27,7 @@ from pydantic import Field, field_validator, model_validator
 
 from revela.config import Temperature
 from revela.configbase import ConfigError, SafeName, StrictModel, apply_overrides, load_yaml, validate
-from revela.data.config import Grouping
+from revela.data.config import MIN_GROUP_SIZE, Grouping
 
 SCALING_AXES = ("group_size", "retriever", "lm", "grouping")
 """Axes a scaling study compares; an early-stopping scheduler must never rank trials across them."""
@@ -90,11 +90,11 @@ class Axes(StrictModel):
     @field_validator("group_size")
     @classmethod
     def _group_sizes(cls, values: list[int]) -> list[int]:
-        bad = [b for b in values if b < 3]
+        bad = [b for b in values if b < MIN_GROUP_SIZE]
         if bad:
             # at B=2 each chunk has one other chunk: Sim over it is always 1, so the retriever gets no gradient
-            raise ValueError(f"group sizes must be >= 3 (at B=2 the retriever's softmax has one entry and no "
-                             f"gradient), got {bad}")
+            raise ValueError(f"group sizes must be >= {MIN_GROUP_SIZE} (at B=2 the retriever's softmax has one entry "
+                             f"and no gradient), got {bad}")
         return values
 
     @field_validator("lr")

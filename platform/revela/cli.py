@@ -10,15 +10,11 @@ from typing import Optional
 import typer
 import yaml
 
+from revela.clierrors import fail
 from revela.configbase import ConfigError, load_config
 from revela.options import at_least
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Self-supervised dense-retriever training (Revela) on Ray.")
-
-
-def _fail(message: str) -> None:
-    typer.secho(message, err=True, fg=typer.colors.RED)
-    raise typer.Exit(2)
 
 
 def load_run_config(config: Optional[Path], overrides: list[str]):
@@ -27,7 +23,7 @@ def load_run_config(config: Optional[Path], overrides: list[str]):
     try:
         return load_config(RunConfig, config, overrides)
     except ConfigError as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 @app.command()
@@ -44,7 +40,7 @@ def assets(
         try:
             path = build_asset(ASSETS[name], force=force)
         except FileNotFoundError as e:
-            _fail(str(e))
+            fail(str(e))
         typer.echo(f"{name}: {path}")
     typer.echo(f"cache: {cache_dir()}")
 
@@ -78,14 +74,14 @@ def train(
     from revela.train.runfolder import REPORT_FILE
 
     if resume and overwrite:
-        _fail("--resume and --overwrite exclude each other")
+        fail("--resume and --overwrite exclude each other")
     cfg = load_run_config(config, overrides or [])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         report = run(cfg, mode="resume" if resume else "overwrite" if overwrite else "auto", verbose=verbose)
     except (ConfigError, RunConflictError, TrainingStoppedError, LostCheckpointError, IngestError, GroupingError,
             ShardError) as e:
-        _fail(str(e))
+        fail(str(e))
     if verbose:
         typer.echo(json.dumps(report, indent=2, default=str))
     typer.echo("\n".join(final_summary(report, Path(report["run_dir"]) / REPORT_FILE)))
@@ -107,7 +103,7 @@ def export(
     try:
         typer.echo(str(export_retriever(source, out, max_length, overwrite=overwrite)))
     except (ExportError, ModelLoadError) as e:
-        _fail(f"error: {e}")
+        fail(str(e))
 
 
 def _register_subcommands() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from revela.configbase import SafeName, StrictModel
 from revela.data.config import DataConfig
@@ -192,9 +192,3 @@ class RunConfig(StrictModel):
     train: TrainConfig = CPU_TRAIN
     ray: RayConfig = RayConfig(cpus_per_worker=2)
     eval: EvalConfig = EvalConfig()
-
-    @model_validator(mode="after")
-    def _lengths_fit(self) -> "RunConfig":
-        if self.data.group_size < 2:
-            raise ValueError("data.group_size must be >= 2: in-batch attention needs other chunks to attend to")
-        return self

@@ -47,11 +47,6 @@ def group_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask:
     return tokens.view(groups, -1).sum(-1) / real.clamp_min(1)
 
 
-def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over real (non-pad) target tokens."""
-    return group_lm_loss(logits, input_ids, attention_mask)[0]
-
-
 def similarity_weights(query_emb: torch.Tensor, passage_emb: torch.Tensor, temperature: float) -> torch.Tensor:
     """Sim_ij = softmax_j(cos(q_i, p_j) / tau) over j != i (embeddings are already L2-normalised).
 

@@ -323,7 +323,3 @@ class Chunker:
         for _ in range(len(texts) - len(kept)):
             self.skips.add("short_chunk", doc.where or doc.id)
         return [Chunk(text=t, doc_id=doc.id, source=doc.source, kind=doc.kind, index=i) for i, t in enumerate(kept)]
-
-    def chunk_all(self, docs: Iterable[Document]) -> Iterator[Chunk]:
-        for doc in docs:
-            yield from self.split(doc)

@@ -10,6 +10,9 @@ from revela.configbase import StrictModel
 
 Grouping = Literal["adjacent", "bm25", "random"]
 KindChoice = Literal["prose", "code", "auto"]
+MIN_GROUP_SIZE = 3
+"""Chunks per group (B): each chunk's Sim row is a softmax over the B-1 other chunks of its group (docs/method.md),
+so at B = 2 it has one entry, always 1, and the retriever gets no gradient."""
 
 
 class DataConfig(StrictModel):
@@ -18,6 +21,7 @@ class DataConfig(StrictModel):
     sources: list[str] = []
     """Corpus paths prepared on the fly when `shards` is not given (JSONL, Parquet, text/code trees, HF dataset)."""
     group_size: int = 16
+    """B, chunks per group: at least MIN_GROUP_SIZE."""
     grouping: Grouping = "adjacent"
     kind: KindChoice = "auto"
     """auto: files by extension (code extensions -> code, everything else prose); records (JSONL/Parquet/HF) by
@@ -49,6 +53,14 @@ class DataConfig(StrictModel):
     stream_actors: int = Field(1, ge=1)
     """Ray Data actors reading and tokenizing groups for training (half a CPU each): raise it when a fast GPU
     waits for data (metrics: data_wait_fraction)."""
+
+    @field_validator("group_size")
+    @classmethod
+    def _retriever_has_something_to_rank(cls, value: int) -> int:
+        if value < MIN_GROUP_SIZE:
+            raise ValueError(f"must be at least {MIN_GROUP_SIZE}: each chunk's Sim is a softmax over the B-1 other "
+                             "chunks of its group, so at B=2 it is always 1 and the retriever learns nothing")
+        return value
 
     @field_validator("exclude_eval", mode="before")
     @classmethod

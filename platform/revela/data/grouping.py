@@ -39,6 +39,7 @@ from typing import Literal
 import numpy as np
 
 from revela.data.chunking import Chunk
+from revela.data.config import MIN_GROUP_SIZE
 
 Strategy = Literal["adjacent", "bm25", "random"]
 STRATEGIES: tuple[str, ...] = ("adjacent", "bm25", "random")
@@ -178,8 +179,9 @@ def make_groups(
     """Group `chunks` (rules in the module docstring); returns the shuffled groups and a report."""
     if strategy not in STRATEGIES:
         raise GroupingError(f"unknown grouping {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if group_size < 2:
-        raise GroupingError(f"group_size must be >= 2 (in-batch attention needs other chunks), got {group_size}")
+    if group_size < MIN_GROUP_SIZE:
+        raise GroupingError(f"group_size must be >= {MIN_GROUP_SIZE} (each chunk's Sim ranks the other chunks of its "
+                            f"group; at B=2 there is only one), got {group_size}")
     if len(chunks) < group_size:
         raise GroupingError(
             f"only {len(chunks)} chunks in total, fewer than one group of B={group_size}; "

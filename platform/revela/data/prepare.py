@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Optional
 
 import typer  # module level: typer resolves the command's string annotations in this module's globals
 
+from revela.clierrors import fail
 from revela.data.chunking import Chunker, ChunkRules, TokenCounter
 from revela.data.config import DataConfig, Grouping, KindChoice
 from revela.data.grouping import GroupingError, make_groups
@@ -20,7 +21,6 @@ from revela.data.holdout import held_out_by, read_holdouts
 from revela.data.ingest import (READER_VERSION, SkipCounter, fingerprint_source, iter_documents, resolve_sources,
                                 unique_sources)
 from revela.data.shards import input_hash, is_up_to_date, read_manifest, write_shards
-from revela.options import at_least
 
 # Settings that change the output; they (with the source hashes) make up the manifest's input hash.
 _OUTPUT_SETTINGS = ("group_size", "grouping", "seed", "kind", "max_words", "max_tokens", "min_words",
@@ -259,8 +259,8 @@ def register(app) -> None:
         source: Annotated[list[Path], typer.Option("--source", help="Corpus path (repeatable): JSONL, Parquet, "
                                                    "text/code tree, or a saved HF dataset.")],
         out: Annotated[Path, typer.Option("--out", help="Output directory for shards + manifest.json.")],
-        group_size: Annotated[int, typer.Option("--group-size", callback=at_least(2),
-                                                help="Chunks per group (B).")] = 16,
+        group_size: Annotated[int, typer.Option("--group-size", help="Chunks per group (B, at least 3: at B=2 "
+                                                "the retriever has nothing to rank).")] = 16,
         grouping: Annotated[str, typer.Option("--grouping", help="adjacent | bm25 | random")] = "adjacent",
         seed: Annotated[int, typer.Option("--seed")] = 42,
         kind: Annotated[str, typer.Option("--kind", help="prose | code | auto (files by extension, records "
@@ -290,13 +290,9 @@ def register(app) -> None:
                     on_bad_record=on_bad_record, exclude_eval=exclude_eval or [], force=force,
                     progress=not no_progress)
         except ValidationError as e:  # name the flag the user typed, not the DataConfig field behind it
-            bad = "; ".join(f"{_flag(err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in e.errors())
-            typer.echo(f"error: {bad}", err=True)
-            raise typer.Exit(2) from None
+            fail("; ".join(f"{_flag(err['loc'])}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})"
+                          for err in e.errors()))
         except BadRecordError as e:
-            typer.echo(f"error: {e.where}: {e.problem} (pass --on-bad-record skip to skip and count such records)",
-                       err=True)
-            raise typer.Exit(2) from None
+            fail(f"{e.where}: {e.problem} (pass --on-bad-record skip to skip and count such records)")
         except (IngestError, GroupingError, ShardError, ValueError) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
+            fail(str(e))

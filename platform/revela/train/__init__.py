@@ -35,8 +35,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    **dict.fromkeys(("run", "ensure_ray", "Mode", "RunConflictError", "TrainingStoppedError"),
-                    "revela.train.driver"),
+    **dict.fromkeys(("run", "Mode", "RunConflictError", "TrainingStoppedError"), "revela.train.driver"),
+    "ensure_ray": "revela.train.ray_setup",
     **dict.fromkeys(("RUN_FILE", "STATUS_FILE", "METRICS_FILE", "DEV_SCORES_FILE", "TEMPERATURE_FILE", "REPORT_FILE",
                      "write_json", "read_json", "read_jsonl", "read_status", "read_run_record", "read_report",
                      "read_temperature", "metrics_history", "dev_history", "latest_per_step", "scored_per_step",

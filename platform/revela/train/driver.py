@@ -6,9 +6,7 @@ refused unless `mode` asks to resume or overwrite explicitly.
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Literal
@@ -21,9 +19,7 @@ from revela.configbase import check_safe_name
 from revela.train.failures import explain_failure
 from revela.train.preflight import check_run_inputs
 from revela.train.resume import repair_snapshot
-from revela.train.ray_setup import (NO_STATE_API_ENV, QUIET_ENV, TorchTrainer, local_ray_options,
-                                    missing_dashboard_packages, no_dashboard_notice, quiet_libraries, state_api_env,
-                                    train_logging)
+from revela.train.ray_setup import TorchTrainer, ensure_ray, train_logging
 from revela.train.runfolder import (DEV_SCORES_FILE, RUN_FILE, clear_status, config_hash, metrics_history,
                                     read_run_record, read_status, write_run_record)
 from revela.train.storage import write_marker
@@ -40,45 +36,6 @@ class TrainingStoppedError(RuntimeError):
     """Training stopped before max_steps (e.g. non-finite loss); the last good checkpoint is kept."""
 
 
-def ray_environment() -> None:
-    """Loopback-only Ray with usage stats off and explicit auth (see README, 'Ray on one machine')."""
-    for key, value in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
-                       "RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}.items():
-        os.environ.setdefault(key, value)
-    quiet_libraries()
-
-
-def worker_env() -> dict[str, str]:
-    """Environment every Ray worker needs: the asset cache (absolute) and the offline/hub switches."""
-    from revela.assets import cache_dir
-
-    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM",
-            *QUIET_ENV)
-    return {"REVELA_CACHE": str(cache_dir()), **{k: os.environ[k] for k in keys if k in os.environ}}
-
-
-def ensure_ray(address: str | None) -> None:
-    if ray.is_initialized():
-        return
-    ray_environment()
-    runtime_env = {"env_vars": worker_env()}
-    if not address and os.environ.get("RAY_ADDRESS"):  # a driver started by `ray job submit`
-        # the job's own runtime_env (working dir, env vars) applies; the cluster's address is merged into it
-        ray.init(runtime_env={"env_vars": state_api_env(os.environ["RAY_ADDRESS"])})
-    elif address:
-        runtime_env["env_vars"].update(state_api_env(address))
-        ray.init(address=address, runtime_env=runtime_env)
-    else:
-        # Logical CPUs above the physical count: on small machines Ray Data's tasks otherwise never get a CPU
-        # next to the Train workers and the run hangs (measured on 2 cores). The dashboard serves the State API
-        # that Train's controller polls (and the Train page); see revela.train.ray_setup.
-        missing = missing_dashboard_packages()
-        if missing:
-            print(no_dashboard_notice(missing), file=sys.stderr, flush=True)
-            os.environ.update(NO_STATE_API_ENV)  # read here, where the trainer is built
-        dashboard, env = local_ray_options(missing=missing)
-        runtime_env["env_vars"].update(env)
-        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), runtime_env=runtime_env, **dashboard)
 
 
 def claim_run_dir(cfg: RunConfig, mode: Mode) -> Path:

@@ -1,4 +1,5 @@
-"""Ray's own switches that keep a training run's console clean and its dashboard working.
+"""Starting or joining Ray for a driver (`ensure_ray`), and Ray's own switches that keep a training run's console
+clean and its dashboard working.
 
 - Ray Train V2's controller always starts a `PlacementGroupCleaner` (and, with `RAY_TRAIN_ENABLE_STATE_TRACKING=1`,
   a `TrainStateActor`) that poll actor states through the State API, i.e. the dashboard's HTTP server. Without a
@@ -21,7 +22,8 @@
 - Model-loading progress bars are off (`HF_HUB_DISABLE_PROGRESS_BARS`, read by transformers too), and so are two
   deprecation warnings nobody running a job can act on, through Python's own warning options (Ray defers to them):
   Ray's internal use of its own deprecated options (RayDeprecationWarning, e.g. `exclude_resources` inside Ray
-  Train's DatasetManager) and peft reading transformers' renamed `is_gradient_checkpointing`.
+  Train's DatasetManager) and peft reading transformers' renamed `is_gradient_checkpointing`
+  (`revela.environment.QUIET_ENV`, applied by `ensure_ray`).
 """
 
 from __future__ import annotations
@@ -29,14 +31,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import warnings
+import sys
 
+import ray
 import ray.train.torch
 
-LIBRARY_DEPRECATION = "`is_gradient_checkpointing` is deprecated"  # peft 0.21 reading transformers 5's old name
-QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1",
-             "PYTHONWARNINGS": f"ignore::DeprecationWarning,ignore:{LIBRARY_DEPRECATION}:FutureWarning"}
-"""Environment for every process of a run (a value already set wins)."""
+from revela.environment import apply_driver_env, worker_env
+
 LOCAL_ONLY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 STATE_API_FLAG = "REVELA_RAY_STATE_API"
 NO_STATE_API_ENV = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "0", STATE_API_FLAG: "0"}
@@ -85,17 +86,30 @@ def local_ray_options(host: str = "127.0.0.1", missing: str | None = None) -> tu
     return options, {**state_api_env(f"http://{host}:{port}"), **LOCAL_ONLY_ENV}
 
 
-def quiet_libraries() -> None:
-    """QUIET_ENV for the processes this one starts, and its effect in this (already running) process: Python reads
-    PYTHONWARNINGS and transformers reads HF_HUB_DISABLE_PROGRESS_BARS only at start-up / import."""
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    if os.environ["PYTHONWARNINGS"] == QUIET_ENV["PYTHONWARNINGS"]:
-        warnings.filterwarnings("ignore", message=LIBRARY_DEPRECATION, category=FutureWarning)
-    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+def ensure_ray(address: str | None) -> None:
+    """Connect to (or start) the Ray a driver runs on, with the environment its workers need: `address` when given,
+    the cluster of a job started by `ray job submit` (RAY_ADDRESS), else an embedded local Ray."""
+    if ray.is_initialized():
+        return
+    apply_driver_env()
+    runtime_env = {"env_vars": worker_env()}
+    if not address and os.environ.get("RAY_ADDRESS"):  # a driver started by `ray job submit`
+        # the job's own runtime_env (working dir, env vars) applies; the cluster's address is merged into it
+        ray.init(runtime_env={"env_vars": state_api_env(os.environ["RAY_ADDRESS"])})
+    elif address:
+        runtime_env["env_vars"].update(state_api_env(address))
+        ray.init(address=address, runtime_env=runtime_env)
+    else:
+        # Logical CPUs above the physical count: on small machines Ray Data's tasks otherwise never get a CPU
+        # next to the Train workers and the run hangs (measured on 2 cores). The dashboard serves the State API
+        # that Train's controller polls (and the Train page); see the module docstring.
+        missing = missing_dashboard_packages()
+        if missing:
+            print(no_dashboard_notice(missing), file=sys.stderr, flush=True)
+            os.environ.update(NO_STATE_API_ENV)  # read here, where the trainer is built
+        dashboard, env = local_ray_options(missing=missing)
+        runtime_env["env_vars"].update(env)
+        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), runtime_env=runtime_env, **dashboard)
 
 
 def train_logging(verbose: bool):
