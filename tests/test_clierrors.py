@@ -18,7 +18,7 @@ def test_each_command_group_refuses_bad_input_with_one_error_line(tmp_path):
     assert refusal("train", "-c", missing) == f"error: config file not found: {missing}"
     assert refusal("sweep", "-c", missing) == f"error: config file not found: {missing}"
     assert refusal("evaluate", "--dataset", "d", "--output", tmp_path / "r.json", "--encoder", "gpu") == \
-        "error: --encoder must be auto, local or ray, got 'gpu'"
+        "error: --encoder: Input should be 'auto', 'local' or 'ray' (got 'gpu')"
     assert refusal("prepare", "--source", tmp_path, "--out", tmp_path / "out", "--grouping", "bm26") == \
         "error: --grouping: Input should be 'adjacent', 'bm25' or 'random' (got 'bm26')"
     assert refusal("export", tmp_path / "no-such-checkpoint", "--out", tmp_path / "x").startswith("error: ")

@@ -26,13 +26,9 @@ STDLIB_JSON = Path(sysconfig.get_paths()["stdlib"]) / "json"
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from tiny import tiny_encoder, tiny_lm, tokenizer
+    from tiny import save_tiny_models
 
-    root = tmp_path_factory.mktemp("models")
-    for name, model in (("retriever", tiny_encoder()), ("lm", tiny_lm())):
-        model.save_pretrained(root / name)
-        tokenizer().save_pretrained(root / name)
-    return root
+    return save_tiny_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")

@@ -86,12 +86,9 @@ def test_trial_record_and_report_carry_sim_health(tmp_path):
     from revela.train.report import write_report as write_run_report
     from revela.tuning.report import write_report
     from revela.tuning.trial import summarize, trial_hash
-    from tiny import tiny_encoder, tiny_lm, tokenizer
+    from tiny import save_tiny_models
 
-    models = tmp_path / "models"
-    for name, model in (("retriever", tiny_encoder()), ("lm", tiny_lm())):
-        model.save_pretrained(models / name)
-        tokenizer().save_pretrained(models / name)
+    models = save_tiny_models(tmp_path / "models")
     runs, order, trials = tmp_path / "sw" / "runs", [], {}
     for name, tau, fraction in (("paper", 1e-4, 0.01), ("auto", "auto", 0.7)):
         run = {"name": name, "model": {"retriever": {"name": str(models / "retriever")},

@@ -8,16 +8,12 @@ import pytest
 from revela.config import RunConfig
 from revela.train.runfolder import DEV_SCORES_FILE, METRICS_FILE, append_jsonl
 from revela.tuning.trial import summarize, tune_metrics, tune_metrics_keys
-from tiny import tiny_encoder, tiny_lm, tokenizer
+from tiny import save_tiny_models
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    for name, model in (("retriever", tiny_encoder()), ("lm", tiny_lm())):
-        model.save_pretrained(root / name)
-        tokenizer().save_pretrained(root / name)
-    return root
+    return save_tiny_models(tmp_path_factory.mktemp("models"))
 
 
 def test_record_takes_the_runs_report_and_counts_unlogged_steps(tmp_path, models):

@@ -59,6 +59,18 @@ def random_batch(B=4, L=12, vocab=30522, seed=0):
             "lm_input_ids": ids, "lm_attention_mask": mask}
 
 
+def save_tiny_models(root):
+    """A tiny retriever and LM saved as model folders `root/retriever` and `root/lm` (runs load models by name)."""
+    from pathlib import Path
+
+    root = Path(root)
+    tok = tokenizer()
+    for name, model in (("retriever", tiny_encoder()), ("lm", tiny_lm())):
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    return root
+
+
 def write_tiny_run_assets(root):
     """Tiny retriever and LM saved as model folders (runs load models by name) and prepared real-code groups."""
     import sysconfig
@@ -66,11 +78,7 @@ def write_tiny_run_assets(root):
 
     from revela.data.prepare import prepare
 
-    root = Path(root)
-    tok = tokenizer()
-    for name, model in (("retriever", tiny_encoder()), ("lm", tiny_lm())):
-        model.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
+    root = save_tiny_models(root)
     json_pkg = Path(sysconfig.get_paths()["stdlib"]) / "json"
     prepare([str(json_pkg)], root / "shards", group_size=4, grouping="adjacent", max_words=24, max_tokens=32,
             progress=False, quiet=True)

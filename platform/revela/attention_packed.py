@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from revela.attention import V_NORM_EPS
-from revela.attention_triton import (LOG2E, _key_grads, _key_tile_inputs, _score_tile, _strides, _tile,
+from revela.attention_triton import (LOG2E, _chunk_output, _key_grads, _key_tile_inputs, _score_tile, _strides, _tile,
                                      _v_norm_coefficients)
 
 MAX_KEYS = 256
@@ -109,16 +109,7 @@ def _packed_forward_kernel(
             l += tl.sum(p2, 1)
             acc += tl.dot(p2.to(v2.dtype), v2, input_precision=DOT_PRECISION)
             nsum += tl.sum(p2 * vn2[None, :], 1)
-        empty = l == 0.0
-        l_safe = tl.where(empty, 1.0, l)
-        nrm = nsum / l_safe
-        c, _dn, _dsum, _gw = _v_norm_coefficients(w, nrm, tl.zeros_like(nrm), on, VNORM, EPS)
-        c = tl.where(empty, 0.0, c)
-        out += acc * (c / l_safe)[:, None]
-        stat = ((n * H + h) * B + j) * L + lrow
-        tl.store(Lse + stat, tl.where(empty, float("inf"), m + tl.log2(l_safe)), mask=row_ok)
-        if VNORM != 0:
-            tl.store(Nrm + stat, nrm, mask=row_ok)
+        out += _chunk_output(acc, l, nsum, m, w, on, Lse, Nrm, ((n * H + h) * B + j) * L + lrow, row_ok, VNORM, EPS)
     tl.store(Out + n * son + h[:, None] * soh + lrow[:, None] * sol + dims[None, :] * sod,
              out.to(Out.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
 

@@ -129,6 +129,22 @@ def _v_norm_coefficients(w, nrm, g, on, VNORM: tl.constexpr, EPS: tl.constexpr):
 
 
 @triton.jit
+def _chunk_output(acc, l, nsum, m, w, on, Lse, Nrm, stat, row_ok, VNORM: tl.constexpr, EPS: tl.constexpr):
+    """Chunk j's share of the output rows, c_j a_j, from its softmax sums (unnormalised values acc, mass l, V-norm
+    sum nsum, max m); stores the rows' base-2 log-sum-exp and V-norm mean for the backward. A chunk of only padding
+    (l = 0) contributes nothing and gets lse = inf."""
+    empty = l == 0.0
+    l_safe = tl.where(empty, 1.0, l)
+    nrm = nsum / l_safe
+    c, _dn, _dsum, _gw = _v_norm_coefficients(w, nrm, tl.zeros_like(nrm), on, VNORM, EPS)
+    c = tl.where(empty, 0.0, c)
+    tl.store(Lse + stat, tl.where(empty, float("inf"), m + tl.log2(l_safe)), mask=row_ok)
+    if VNORM != 0:
+        tl.store(Nrm + stat, nrm, mask=row_ok)
+    return acc * (c / l_safe)[:, None]
+
+
+@triton.jit
 def _forward_kernel(
     Q, K, V, VN, W, KM, VF, Out, Lse, Nrm,
     sqn, sqh, sql, sqd, skn, skh, skt, skd, svn, svh, svt, svd, son, soh, sol, sod,
@@ -164,16 +180,7 @@ def _forward_kernel(
                 vn = tl.load(VN + (nj * hkv + hk) * T + ts, mask=ts < T, other=0.0)
                 nsum = nsum * alpha + tl.sum(p * vn[None, :], 1)
             m = m_new
-        empty = l == 0.0
-        l_safe = tl.where(empty, 1.0, l)
-        nrm = nsum / l_safe
-        c, _dn, _dsum, _gw = _v_norm_coefficients(w, nrm, tl.zeros_like(nrm), on, VNORM, EPS)
-        c = tl.where(empty, 0.0, c)
-        out += acc * (c / l_safe)[:, None]
-        stat = ((n * H + h) * B + j) * L + rows
-        tl.store(Lse + stat, tl.where(empty, float("inf"), m + tl.log2(l_safe)), mask=row_ok)
-        if VNORM != 0:
-            tl.store(Nrm + stat, nrm, mask=row_ok)
+        out += _chunk_output(acc, l, nsum, m, w, on, Lse, Nrm, ((n * H + h) * B + j) * L + rows, row_ok, VNORM, EPS)
     tl.store(Out + n * son + h * soh + rows[:, None] * sol + dims[None, :] * sod, out.to(Out.dtype.element_ty),
              mask=row_ok[:, None] & dim_ok[None, :])
 
