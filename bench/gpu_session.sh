@@ -217,7 +217,7 @@ import yaml
 e = os.environ
 run = {"model": {"retriever": {"name": e["MODEL"]}, "lm": {"name": e["MODEL"]}},
        "data": {"sources": [str(Path(peft.__file__).parent)]},
-       "train": {"heldout_groups": 0, "log_every": 2, "warmup_steps": 2, "keep_checkpoints": 1}}
+       "train": {"heldout_groups": 0, "log_every": 2, "keep_checkpoints": 1}}  # warmup: the sweep's warmup_fraction
 if e["MODE"] == "gpu":
     run["ray"] = {"num_workers": 1, "use_gpu": True, "gpus_per_worker": 0.75, "cpus_per_worker": 4}
     run["eval"] = {"max_queries": 200, "batch_size": 128, "num_cpus": 1, "num_gpus": 0.25}
@@ -226,7 +226,7 @@ else:
     for part in ("retriever", "lm"):
         run["model"][part].update(max_length=L, lora={"r": 4, "alpha": 8, "dropout": 0.0})
     run["data"].update(max_tokens=L, max_words=12, stream_actors=1)
-    run["train"].update(log_every=1, warmup_steps=1, precision="auto")
+    run["train"].update(log_every=1, precision="auto")
     run["ray"] = {"num_workers": 1, "use_gpu": False, "cpus_per_worker": 1}
     run["eval"] = {"max_queries": 50, "batch_size": 64, "num_cpus": 0.5, "num_gpus": 0}
 sweep = {"name": "gpu-session", "base": f"{e['ROOT']}/jobs/configs/gpu-offline.yaml", "run": run,

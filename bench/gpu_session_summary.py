@@ -154,6 +154,11 @@ def train(out: Path, gpu: bool = True) -> tuple[list[str], dict]:
     return lines, result
 
 
+def untrained(value: str) -> str:
+    """A baseline cell of the sweep report's results.csv: empty when the sweep scored no backbone."""
+    return f"{float(value):.4f}" if value else "-"
+
+
 def sweep(out: Path) -> tuple[list[str], dict]:
     table = out / "sweep-report" / "results.csv"
     if not table.is_file():
@@ -163,7 +168,8 @@ def sweep(out: Path) -> tuple[list[str], dict]:
     with open(table) as f:
         rows = [r for r in csv.DictReader(f) if r["dataset"] == "mean" and r["metric"] == "ndcg_at_10"]
     cells = [f"{r['trial']} (B={r['group_size']}, {r['steps']} steps): dev nDCG@10 best {float(r['best']):.4f}, "
-             f"untrained {float(r['backbone']):.4f}" for r in rows]
+             f"untrained {untrained(r['backbone_same_protocol'])} (same protocol), "
+             f"{untrained(r['backbone_native'])} (native)" for r in rows]
     summary_path = out / "sweep-report" / "summary.md"
     summary_md = summary_path.read_text() if summary_path.is_file() else ""
     missing = [line for line in summary_md.splitlines() if "without results" in line]
