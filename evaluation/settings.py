@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
-from revela.configbase import StrictModel
+from revela.configbase import StrictModel, field_problems
 from revela.evaluation.checks import check_output
 
 Encoder = Literal["auto", "local", "ray"]
@@ -131,17 +131,7 @@ class SettingsError(ValueError):
 
     @classmethod
     def of(cls, err: ValidationError) -> "SettingsError":
-        problems = []
-        for e in err.errors():
-            field = ".".join(str(p) for p in e["loc"])
-            if e["type"] == "extra_forbidden":
-                problems.append((field, "unknown setting"))
-                continue
-            message = e["msg"].removeprefix("Value error, ")
-            if field:
-                message += f" (got {e.get('input')!r})"
-            problems.append((field, message))
-        return cls(problems)
+        return cls(field_problems(err, unknown="unknown setting"))
 
     def with_flags(self, flags: dict[str, str]) -> "SettingsError":
         """The same problems, each field named by its command-line flag (a field without a flag keeps its name)."""

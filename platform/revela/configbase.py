@@ -37,17 +37,25 @@ class ConfigError(ValueError):
     """A config file or override that does not validate; the message names the file and the key."""
 
 
+def field_problems(err: ValidationError, unknown: str = "unknown key") -> list[tuple[str, str]]:
+    """(dotted field, message) for each error of `err`, with the value it got; field "" for the model as a whole.
+    Config files, `revela prepare`'s flags and evaluation settings all report bad input this way."""
+    problems = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            problems.append((key, unknown))
+            continue
+        msg = e["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own message
+        # a whole section's validator names what is wrong itself; echoing the section would bury it
+        got = "" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
+        problems.append((key, msg + got))
+    return problems
+
+
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"invalid config {source}:"]
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own message
-            # a whole section's validator names what is wrong itself; echoing the section would bury it
-            got = "" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
-            lines.append(f"  {key}: {msg}{got}")
+    lines += [f"  {key or '<root>'}: {message}" for key, message in field_problems(err)]
     return "\n".join(lines)
 
 

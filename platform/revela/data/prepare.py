@@ -245,9 +245,9 @@ def print_summary(summary: dict) -> None:
                                                        if held["not_found"] else ""), soft_wrap=True)
 
 
-def _flag(loc: tuple) -> str:
+def _flag(field: str) -> str:
     """`revela prepare`'s option for a DataConfig field (`on_bad_record` -> `--on-bad-record`)."""
-    field = str(loc[0]) if loc else "?"
+    field = field.split(".")[0] or "?"
     return "--source" if field == "sources" else f"--{field.replace('_', '-')}"
 
 
@@ -280,6 +280,7 @@ def register(app) -> None:
         """Chunk and group corpora into Parquet shards for training."""
         from pydantic import ValidationError
 
+        from revela.configbase import field_problems
         from revela.data.grouping import GroupingError
         from revela.data.ingest import BadRecordError, IngestError
         from revela.data.shards import ShardError
@@ -290,8 +291,7 @@ def register(app) -> None:
                     on_bad_record=on_bad_record, exclude_eval=exclude_eval or [], force=force,
                     progress=not no_progress)
         except ValidationError as e:  # name the flag the user typed, not the DataConfig field behind it
-            fail("; ".join(f"{_flag(err['loc'])}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})"
-                          for err in e.errors()))
+            fail("; ".join(f"{_flag(field)}: {message}" for field, message in field_problems(e)))
         except BadRecordError as e:
             fail(f"{e.where}: {e.problem} (pass --on-bad-record skip to skip and count such records)")
         except (IngestError, GroupingError, ShardError, ValueError) as e:
