@@ -96,6 +96,21 @@ def test_far_fewer_steps_than_the_grid_neighbours_is_flagged():
     assert trial_flags(records[1], run, near["b8"], None) == []  # half the steps of B=4: the equal-chunks design
 
 
+def test_cells_that_differ_on_a_later_axis_are_not_grid_neighbours():
+    """sim, target_entropy and variant make cells as much as B does: B=4 with uniform Sim is no neighbour of B=8
+    with softmax Sim (two axes apart), so its steps do not count against it."""
+    from revela.tuning.flags import neighbour_steps
+
+    def rec(name, B, steps, **params):
+        return {"trial": name, "steps": steps, "params": {**PARAMS, "group_size": B, **params}}
+
+    for axis, a, b in (("sim", "softmax", "uniform"), ("target_entropy", 0.7, 0.5), ("variant", "x", "y")):
+        records = [rec("a4", 4, 40, **{axis: a}), rec("b8", 8, 2, **{axis: b}), rec("a8", 8, 20, **{axis: a})]
+        near = neighbour_steps(records)
+        assert near["b8"] == [20] and sorted(near["a8"]) == [2, 40], axis  # only one axis apart counts
+        assert near["a4"] == [20], axis
+
+
 def test_records_from_before_the_same_protocol_control(tmp_path):
     """A record written before both untrained scores existed holds one, under the backbone's own protocol: it is
     reported as such, and best − untrained is not claimed."""

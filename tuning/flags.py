@@ -23,7 +23,8 @@ from pathlib import Path
 FEW_STEPS_RATIO = 4
 LR_FLOOR = 0.01
 """A run whose logged learning rate never exceeds this fraction of its configured peak did not train."""
-CELL_AXES = ("group_size", "retriever", "lm", "grouping", "temperature", "lr")
+CELL_KEYS = ("group_size", "retriever", "lm", "grouping", "temperature", "lr", "target_entropy", "sim", "variant")
+"""The sweep axes that make a cell (seeds repeat a cell); the report groups and compares by them."""
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,11 @@ def neighbour_steps(records: list[dict]) -> dict[str, list[int]]:
         return (0, float(value), "") if number else (1, 0.0, repr(value))
 
     values = {axis: sorted({repr(r["params"].get(axis)): r["params"].get(axis) for r in records}.values(), key=order)
-              for axis in CELL_AXES}
+              for axis in CELL_KEYS}
     position = {axis: {repr(v): n for n, v in enumerate(vs)} for axis, vs in values.items()}
 
     def coords(rec: dict) -> tuple:
-        return tuple(position[a][repr(rec["params"].get(a))] for a in CELL_AXES)
+        return tuple(position[a][repr(rec["params"].get(a))] for a in CELL_KEYS)
 
     out = {}
     for rec in records:

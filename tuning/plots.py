@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from revela.tuning.report import CELL_KEYS, _line_label, backbone_scores, human_count
+from revela.tuning.flags import CELL_KEYS
+from revela.tuning.report import _line_label, backbone_scores, human_count
 
 
 def _pyplot():

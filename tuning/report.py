@@ -29,12 +29,11 @@ import pandas as pd
 
 from revela.config import RunConfig
 from revela.evaluation.significance import Difference, NotComparable, mean_interval, paired_difference
-from revela.tuning.flags import Flag, flags_by_trial
+from revela.tuning.flags import CELL_KEYS, Flag, flags_by_trial
 from revela.tuning.folder import load_plan, read_trial_record
 from revela.tuning.trial import SWEEP_FILE, trial_hash
 
 METRICS = ("ndcg_at_10", "recall_at_100", "mrr_at_10", "map_at_100")
-CELL_KEYS = ["group_size", "retriever", "lm", "grouping", "temperature", "lr", "target_entropy", "sim", "variant"]
 MAIN = "ndcg_at_10"
 
 
@@ -154,7 +153,7 @@ def cell_table(results: pd.DataFrame, records: list[dict] | None = None, flags: 
     interval of the cell's mean and best − untrained (same protocol) with its paired interval; with `flags`, the
     union of its trials' flags and whether one of them blocks trend claims."""
     view = results[(results["dataset"] == dataset) & (results["metric"] == metric)]
-    keys = CELL_KEYS + ["retriever_params", "lm_params", "cell"]
+    keys = [*CELL_KEYS, "retriever_params", "lm_params", "cell"]
     grouped = view.groupby(keys, dropna=False)
     cells = grouped.agg(best=("best", "mean"), best_std=("best", "std"), final=("final", "mean"),
                         final_std=("final", "std"), backbone=("backbone_same_protocol", "mean"),
@@ -205,7 +204,7 @@ def _line_label(row, cells: pd.DataFrame) -> str:
     label = f"{row['retriever']}"
     if cells["lm"].nunique() > 1:
         label += f" / {row['lm']}"
-    for key in ("grouping", "temperature", "lr", "target_entropy", "sim", "variant"):
+    for key in CELL_KEYS[3:]:  # group size is the x axis, retriever and lm are named above
         if cells[key].nunique() > 1:
             label += f" {key}={row[key]}"
     return label
