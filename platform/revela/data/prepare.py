@@ -78,8 +78,6 @@ def prepare_config(cfg: DataConfig, out: str | Path, *, tokenizer: str | Any | N
     from tqdm import tqdm
 
     started = time.perf_counter()
-    if cfg.group_size < 2:
-        raise ValueError(f"group_size must be >= 2 (in-batch attention needs other chunks), got {cfg.group_size}")
     out = Path(out)
     sources, repeated = unique_sources(cfg.sources)
     srcs = resolve_sources(sources, exclude=[out])  # a second run must not read its own shards back
