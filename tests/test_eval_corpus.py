@@ -312,7 +312,7 @@ def test_a_held_out_query_written_again_in_a_training_document_is_dropped(code_t
 
 
 def test_exclude_eval_refuses_sets_that_hold_nothing_out(code_tree, tmp_path):
-    from revela.train.data import prepared_shards
+    from revela.train.preflight import check_data
 
     no_holdout = build_corpus_eval([code_tree], tmp_path / "ev0")
     with pytest.raises(ValueError, match="built without --holdout"):
@@ -324,12 +324,14 @@ def test_exclude_eval_refuses_sets_that_hold_nothing_out(code_tree, tmp_path):
         prepare([code_tree], tmp_path / "s", group_size=3, exclude_eval=[suite_like], progress=False, quiet=True)
     with pytest.raises(ValueError, match="no revela_dataset.json"):
         prepare([code_tree], tmp_path / "s", group_size=3, exclude_eval=[tmp_path], progress=False, quiet=True)
-    # shards prepared without the exclusion are refused when a run asks for it
+    # shards prepared without the exclusion are refused when a run asks for it, before anything is deleted
     ev = build_corpus_eval([code_tree], tmp_path / "ev", holdout=0.5)
     prepare([code_tree], tmp_path / "plain", group_size=3, progress=False, quiet=True)
     cfg = RunConfig.model_validate({"data": {"shards": str(tmp_path / "plain"), "exclude_eval": str(ev)}})
     with pytest.raises(ValueError, match="prepared without excluding"):
-        prepared_shards(cfg, tmp_path / "run")
+        check_data(cfg)
+    with pytest.raises(ValueError, match=r"data\.exclude_eval .*built without --holdout"):
+        check_data(RunConfig.model_validate({"data": {"exclude_eval": str(no_holdout)}}))
 
 
 def test_the_set_works_where_a_dataset_goes(code_tree, tmp_path):

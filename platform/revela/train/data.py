@@ -68,7 +68,6 @@ def prepared_shards(cfg: RunConfig, run_dir: Path) -> tuple[str, dict]:
         manifest = read_manifest(cfg.data.shards)
         if manifest is None:
             raise FileNotFoundError(f"data.shards={cfg.data.shards!r} has no manifest.json; run `revela prepare`")
-        _check_exclusions(cfg.data.shards, manifest, cfg.data.exclude_eval)
         return cfg.data.shards, summary_from_manifest(manifest, Path(cfg.data.shards), up_to_date=True)
     data_cfg = cfg.data if cfg.data.sources else cfg.data.model_copy(update={"sources": default_sources()})
     if data_cfg.tokenizer is None:  # cap chunk length with the LM's own tokenizer
@@ -76,19 +75,6 @@ def prepared_shards(cfg: RunConfig, run_dir: Path) -> tuple[str, dict]:
     out = run_dir / "data"
     # bars only on a terminal: in `ray job logs` (a file) every redraw would be a line
     return str(out), prepare_config(data_cfg, out, progress=sys.stderr.isatty())
-
-
-def _check_exclusions(shards: str, manifest: dict, exclude_eval: list[str]) -> None:
-    """Prepared shards must already leave out what `data.exclude_eval` holds out: they are not re-read here."""
-    if not exclude_eval:
-        return
-    from revela.data.holdout import read_holdouts
-
-    have = set(manifest.get("settings", {}).get("exclude_eval", []))
-    missing = [h.path for h in read_holdouts(exclude_eval) if h.digest not in have]
-    if missing:
-        raise ValueError(f"data.shards={shards!r} was prepared without excluding {', '.join(missing)}; run "
-                         f"`revela prepare ... --exclude-eval {missing[0]}` into it, or give data.sources instead")
 
 
 def heldout_and_training_data(cfg: RunConfig, run_dir: Path) -> TrainingData:

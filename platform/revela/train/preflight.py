@@ -48,9 +48,17 @@ def check_data(cfg: RunConfig) -> None:
     from revela.data.shards import read_manifest
 
     data = cfg.data
+    holdouts = check_exclusions(data.exclude_eval)
     if data.shards:
-        if read_manifest(data.shards) is None:
+        manifest = read_manifest(data.shards)
+        if manifest is None:
             raise ConfigError(f"data.shards={data.shards!r}: no manifest.json there; run `revela prepare` first")
+        have = set(manifest.get("settings", {}).get("exclude_eval", []))
+        missing = [h.path for h in holdouts if h.digest not in have]
+        if missing:  # prepared shards are not re-read: they must already leave the held-out documents out
+            raise ConfigError(f"data.shards={data.shards!r} was prepared without excluding {', '.join(missing)}; "
+                              f"run `revela prepare ... --exclude-eval {missing[0]}` into it, or give data.sources "
+                              "instead")
         return
     if data.sources:
         try:
@@ -62,6 +70,19 @@ def check_data(cfg: RunConfig) -> None:
             resolve_model(data.tokenizer)
         except (ValueError, FileNotFoundError) as e:
             raise ConfigError(f"data.tokenizer={data.tokenizer!r}: {e}") from None
+
+
+def check_exclusions(exclude_eval: list[str]) -> list:
+    """The held-out documents of each `data.exclude_eval` set (revela.data.holdout.HeldOut); ConfigError for a
+    folder that holds none."""
+    if not exclude_eval:
+        return []
+    from revela.data.holdout import read_holdouts
+
+    try:
+        return read_holdouts(exclude_eval)
+    except ValueError as e:
+        raise ConfigError(f"data.{e}") from None
 
 
 def check_run_inputs(cfg: RunConfig) -> None:
